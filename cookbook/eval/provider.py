@@ -1,0 +1,204 @@
+"""The `cookbook` model API for inspect-ai: our models, rendered with our renderers, in batches.
+
+    inspect eval cookbook/ifeval --model cookbook//tmp/dpo/final -M renderer_name=chatml
+    python -m cookbook.eval.run_inspect_evals model_path=/tmp/dpo/final   # the usual way
+
+The name after `cookbook/` is a `model_path`: a training checkpoint, a local Hugging Face directory,
+a hub id, or the bundled `smollm2-135m-instruct`. Model args (`-M`): `renderer_name`, `model_name`
+(the base model, when a checkpoint does not record it), `batch_size`, `max_wait_ms`, `device`, `dtype`.
+
+Why our own provider instead of inspect's `hf`: evaluation must render prompts exactly as training
+did (our renderer, not the tokenizer's chat template), stop on the renderer's stop tokens, and parse
+replies with the renderer; and the `cookbook/preference` task needs log-probs from the same loaded
+model. Concurrent `generate` calls are gathered into left-padded batches (see `batching.py`).
+Importing this module registers the API; the package's `inspect_ai` entry point points here, so
+inspect finds it without an import, and it also imports our tasks so `cookbook/ifeval` resolves.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+from inspect_ai.model import (
+    ChatMessage,
+    GenerateConfig,
+    ModelAPI,
+    ModelOutput,
+    ModelUsage,
+    modelapi,
+)
+from inspect_ai.model._model_info import MODEL_INFO_LOOKUP_API_KEY
+from inspect_ai.model._model_output import ChatCompletionChoice
+from inspect_ai.tool import ToolChoice, ToolInfo
+
+from cookbook.eval.batching import RequestBatcher
+from cookbook.eval.generation import SamplingSettings, generate_batch, score_sequences
+
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_MAX_TOKENS = 512
+_STOP_REASONS = {"stop_sequence": "stop", "eos": "stop", "length": "max_tokens"}
+
+
+def to_renderer_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+    """inspect chat messages as the renderer's `{"role", "content"}` dicts (text content only).
+    Our renderers know system, user and assistant; a tool result reaches the model as a user turn."""
+    return [
+        {"role": message.role if message.role in ("system", "user", "assistant") else "user", "content": message.text}
+        for message in messages
+    ]
+
+
+def _message_content(message: Any) -> str:
+    if isinstance(message, dict):
+        return str(message.get("content", ""))
+    return str(getattr(message, "content", message))
+
+
+class CookbookModelAPI(ModelAPI):
+    """Serves one cookbook model; see the module docstring for the model args."""
+
+    def __init__(
+        self,
+        model_name: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        config: GenerateConfig = GenerateConfig(),
+        renderer_name: str | None = None,
+        base_model_name: str | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_wait_ms: float = 20.0,
+        device: str = "auto",
+        dtype: str = "auto",
+        **model_args: Any,
+    ) -> None:
+        super().__init__(model_name=model_name, base_url=base_url, api_key=api_key, config=config)
+        if model_args:
+            raise ValueError(
+                f"unknown model args for the cookbook provider: {', '.join(sorted(model_args))} "
+                "(known: renderer_name, base_model_name, batch_size, max_wait_ms, device, dtype)"
+            )
+        self.batch_size = int(batch_size)
+        if api_key == MODEL_INFO_LOOKUP_API_KEY:
+            # inspect builds a throwaway instance only to look up the model's name in its price and
+            # context-window table; loading the weights for that would double the memory we use.
+            return
+        import torch
+
+        from cookbook.eval.loading import load_renderer, resolve_model_spec
+        from cookbook.models import load_model_and_tokenizer
+
+        self.model, self.tokenizer = load_model_and_tokenizer(model_name, dtype=dtype, device=device)
+        self.spec = resolve_model_spec(model_name, base_model_name, renderer_name, tokenizer=self.tokenizer)
+        self.renderer = load_renderer(self.spec.renderer_name, self.tokenizer)
+        self.stop_token_ids = list(self.renderer.get_stop_token_ids())
+        # Stop strings that are single special tokens are already covered by the token ids; passing
+        # them as strings too would only slow generation down.
+        special = set(self.tokenizer.all_special_tokens)
+        self.stop_strings = [s for s in self.renderer.get_stop_sequences() if s not in special]
+        self.pad_token_id = self.tokenizer.pad_token_id
+        if self.pad_token_id is None:
+            self.pad_token_id = self.stop_token_ids[0] if self.stop_token_ids else 0
+        if config.seed is not None:
+            torch.manual_seed(config.seed)
+        self.batcher = RequestBatcher(self._run_batch, self.batch_size, max_wait_s=float(max_wait_ms) / 1000)
+
+    # -- inspect-ai ModelAPI ---------------------------------------------------------------------
+
+    async def generate(
+        self,
+        input: list[ChatMessage],
+        tools: list[ToolInfo],
+        tool_choice: ToolChoice,
+        config: GenerateConfig,
+    ) -> ModelOutput:
+        prompt_tokens = self.renderer.build_generation_prompt(to_renderer_messages(input))
+        settings = SamplingSettings(
+            max_new_tokens=config.max_tokens or DEFAULT_MAX_TOKENS,
+            temperature=config.temperature if config.temperature is not None else 0.0,
+            top_p=config.top_p,
+            top_k=config.top_k,
+        )
+        completion = await self.batcher.submit(("generate", settings), list(prompt_tokens))
+        parsed = self.renderer.parse_response(completion)
+        usage = ModelUsage(
+            input_tokens=len(prompt_tokens),
+            output_tokens=len(completion),
+            total_tokens=len(prompt_tokens) + len(completion),
+        )
+        choice = ChatCompletionChoice(
+            message=_assistant_message(_message_content(parsed.message), self.model_name),
+            stop_reason=_STOP_REASONS.get(parsed.stop_reason, "unknown"),
+        )
+        return ModelOutput(model=self.model_name, choices=[choice], usage=usage)
+
+    async def count_tokens(self, input: str | list[ChatMessage], config: GenerateConfig | None = None) -> int:
+        # inspect's default counts with a tiktoken file it downloads; ours is exact and offline.
+        if isinstance(input, str):
+            return len(self.tokenizer.encode(input, add_special_tokens=False))
+        return len(self.renderer.build_generation_prompt(to_renderer_messages(input)))
+
+    async def count_text_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    async def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def max_tokens(self) -> int | None:
+        return DEFAULT_MAX_TOKENS
+
+    def max_connections(self) -> int:
+        # Two batches' worth in flight: one running, the next one filling up.
+        return 2 * self.batch_size
+
+    def connection_key(self) -> str:
+        return self.model_name
+
+    # -- log-probs for cookbook/preference ---------------------------------------------------------
+
+    async def score_comparison(
+        self, prompt: list[dict[str, str]], chosen: list[dict[str, str]], rejected: list[dict[str, str]]
+    ) -> tuple[float, float]:
+        """(log p(chosen | prompt), log p(rejected | prompt)) under this model, summed over the
+        completion tokens the renderer weights (batched with other concurrent calls)."""
+        chosen_example = self.renderer.build_completion_example(prompt, chosen)
+        rejected_example = self.renderer.build_completion_example(prompt, rejected)
+        return await self.batcher.submit(("score",), (chosen_example, rejected_example))
+
+    # -- the blocking batch work (runs in a worker thread) -------------------------------------------
+
+    def _run_batch(self, key: Hashable, items: list[Any]) -> list[Any]:
+        if key[0] == "generate":
+            return generate_batch(
+                self.model,
+                items,
+                key[1],
+                pad_token_id=self.pad_token_id,
+                stop_token_ids=self.stop_token_ids,
+                stop_strings=self.stop_strings,
+                tokenizer=self.tokenizer,
+            )
+        sequences = [example for pair in items for example in pair]
+        logps = score_sequences(self.model, sequences, self.pad_token_id, max_rows=2 * self.batch_size)
+        return [(logps[2 * i], logps[2 * i + 1]) for i in range(len(items))]
+
+
+def _assistant_message(text: str, model_name: str):
+    from inspect_ai.model import ChatMessageAssistant
+
+    return ChatMessageAssistant(content=text, model=model_name, source="generate")
+
+
+@modelapi(name="cookbook")
+def cookbook() -> type[ModelAPI]:
+    return CookbookModelAPI
+
+
+@functools.cache
+def _register_tasks() -> None:
+    # Registers `cookbook/ifeval` and `cookbook/preference` with inspect's task registry.
+    import cookbook.eval.tasks  # noqa: F401
+
+
+_register_tasks()

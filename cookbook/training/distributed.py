@@ -1,0 +1,164 @@
+"""Everything about processes: the process group, the rank-0 printer, wrapping, reductions.
+
+The same script runs as one process (`python -m ...`) or many (`torchrun --nproc_per_node N -m ...`);
+this is the only module that imports torch.distributed. Model, loss and data code stay unaware.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+DistributedStrategy = Literal["auto", "ddp", "fsdp", "none"]
+# Below this many parameters a full replica per rank is cheap, and DDP's single all-reduce beats
+# FSDP's per-layer gathers.
+AUTO_FSDP_MIN_PARAMS = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group that torchrun describes in the environment, if any."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    torch_device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(torch_device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=torch_device if use_cuda else None)
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=torch_device)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def print0(*args, **kwargs) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(*args, **kwargs)
+
+
+def choose_strategy(strategy: DistributedStrategy, model: nn.Module, info: DistInfo) -> str:
+    if not info.is_distributed or strategy == "none":
+        return "none"
+    if strategy == "auto":
+        num_params = sum(p.numel() for p in model.parameters())
+        return "fsdp" if num_params >= AUTO_FSDP_MIN_PARAMS else "ddp"
+    return strategy
+
+
+def wrap_model(model: nn.Module, strategy: str, info: DistInfo, layers: list[nn.Module] | None = None) -> nn.Module:
+    """DDP, or FSDP2 (`fully_shard` on each decoder layer, then the root)."""
+    if strategy == "none":
+        return model
+    if strategy == "ddp":
+        device_ids = [info.device.index] if info.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in layers or []:
+            fully_shard(layer)
+        fully_shard(model)
+        return model
+    raise ValueError(f"distributed={strategy!r} is not one of auto, ddp, fsdp, none")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def full_model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's weights on CPU (gathered from shards under FSDP); on every rank."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    if not dist.is_initialized():
+        return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    if not dist.is_initialized():
+        return optimizer.state_dict()
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    if not dist.is_initialized():
+        optimizer.load_state_dict(state)
+        return
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
+    """Sum a list of floats over ranks (one collective for all of them)."""
+    if not info.is_distributed:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=info.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def all_reduce_tensor_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.is_distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_object(obj, info: DistInfo):
+    """Rank 0's value of `obj` on every rank."""
+    if not info.is_distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(info: DistInfo) -> None:
+    if info.is_distributed:
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def gradient_sync(model: nn.Module, strategy: str, enabled: bool):
+    """Skip the gradient all-reduce on all but the last micro-batch of an accumulation."""
+    if enabled or strategy == "none":
+        yield
+    elif strategy == "ddp":
+        with model.no_sync():
+            yield
+    elif strategy == "fsdp":
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield

@@ -1,0 +1,44 @@
+"""Shared fixtures: the real bundled tokenizer and tiny random-init models built from a config."""
+
+import os
+
+import pytest
+import torch
+
+from cookbook.models import load_tokenizer, make_tiny_model, save_tiny_model
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The real SmolLM2-135M-Instruct tokenizer (converted from the bundled GGUF once, then cached)."""
+    return load_tokenizer()
+
+
+@pytest.fixture
+def tiny_model(tokenizer):
+    return make_tiny_model(tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    """A tiny random-init HF checkpoint directory, for tests that go through `model_name=`."""
+    return str(save_tiny_model(tmp_path_factory.mktemp("tiny-model"), tokenizer))
+
+
+@pytest.fixture(autouse=True)
+def _offline_hub(monkeypatch):
+    # Tests never reach the hub; make any accidental hub call fail fast.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    yield
+
+
+def pytest_configure(config):
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
