@@ -80,8 +80,6 @@ def test_real_provider_batches_renders_and_counts_tokens(tiny_cookbook_model, tm
         assert 1 <= usage.output_tokens <= 6
 
     import anyio
-
-    messages = [provider.ChatMessageUser(content="Hello there")] if hasattr(provider, "ChatMessageUser") else None
     from inspect_ai.model import ChatMessageUser
 
     messages = [ChatMessageUser(content="Hello there")]

@@ -50,6 +50,9 @@ class EvalConfig:
     compare_model_name: str | None = chz.field(default=None, doc="base model of compare_model_path")
     compare_renderer_name: str | None = chz.field(default=None, doc="renderer of compare_model_path")
     device: str = chz.field(default="auto", doc="auto, cpu or cuda")
+    num_threads: int | None = chz.field(
+        default=None, doc="torch CPU threads (default: torch's choice; 1 is faster on an oversubscribed CPU)"
+    )
     display: DisplayType = chz.field(default="full", doc="inspect's progress display")
 
 
@@ -88,6 +91,8 @@ def load_model(model_path: str, model_name: str | None, renderer_name: str, conf
     model_args = {"renderer_name": renderer_name, "batch_size": config.batch_size, "device": config.device}
     if model_name:
         model_args["base_model_name"] = model_name
+    if config.num_threads:
+        model_args["num_threads"] = config.num_threads
     generate_config = GenerateConfig(
         temperature=config.temperature, max_tokens=config.max_tokens, seed=config.seed,
         max_connections=_max_connections(config),

@@ -14,6 +14,14 @@ from cookbook.training.distributed import DistInfo, all_reduce_sum
 EVAL_KEYS = ("loss", "accuracy", "logp_accuracy", "margin", "chosen_reward", "rejected_reward", "nll")
 
 
+def eval_batches(num_pairs: int, micro_batch_size: int, rank: int, world_size: int) -> list[list[int]]:
+    """This rank's eval micro-batches. Every rank gets the same number (possibly ending with an
+    empty one): FSDP gathers weights collectively, so all ranks must run the same forwards."""
+    my_ids = list(range(rank, num_pairs, world_size))
+    num_batches = -(-num_pairs // (micro_batch_size * world_size))
+    return [my_ids[i * micro_batch_size : (i + 1) * micro_batch_size] for i in range(num_batches)]
+
+
 @torch.no_grad()
 def evaluate_pairs(
     policy: nn.Module,
@@ -35,11 +43,7 @@ def evaluate_pairs(
     policy.eval()
     sums = dict.fromkeys(EVAL_KEYS, 0.0)
     count = 0
-    my_ids = list(range(info.rank, len(pairs), info.world_size))
-    # Every rank must run the same number of forwards: FSDP gathers weights collectively.
-    num_batches = -(-len(pairs) // (micro_batch_size * info.world_size))
-    for index in range(num_batches):
-        ids = my_ids[index * micro_batch_size : (index + 1) * micro_batch_size]
+    for ids in eval_batches(len(pairs), micro_batch_size, info.rank, info.world_size):
         real = bool(ids)
         ids = ids or [0]  # a padding batch keeps collectives in step; its numbers are discarded
         batch = collate([pairs[i] for i in ids], ids).to(info.device)

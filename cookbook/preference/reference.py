@@ -45,28 +45,40 @@ def model_fingerprint(model: nn.Module) -> str:
 
 
 @torch.no_grad()
-def compute_reference_logps(
+def fill_reference_logps(
     reference_model: nn.Module,
     pairs: Sequence,
+    table: Tensor,
+    batches: Sequence[Sequence[int]],
     collate: Callable[[Sequence, Sequence[int]], PairBatch],
-    micro_batch_size: int,
     device: torch.device,
-    rank: int = 0,
-    world_size: int = 1,
+    show_progress: bool = True,
     desc: str = "reference log-probs",
 ) -> Tensor:
-    """[len(pairs), 2] float32 (chosen, rejected); each rank fills its share, zeros elsewhere
-    (the caller sums over ranks)."""
-    table = torch.zeros(len(pairs), 2, dtype=torch.float32)
-    my_ids = list(range(rank, len(pairs), world_size))
-    starts = range(0, len(my_ids), micro_batch_size)
-    for start in tqdm(starts, desc=desc, disable=rank != 0, leave=False):
-        ids = my_ids[start : start + micro_batch_size]
+    """Reference log-probs for the pairs of `batches` whose row of `table` ([len(pairs), 2]:
+    chosen, rejected; NaN = not computed) is still NaN; returns only the new rows (NaN elsewhere).
+
+    `batches` are the very micro-batches the policy will see, so at step 0, when policy and
+    reference weights are equal, both compute bit-identical log-probs and every margin is exactly 0.
+    """
+    out = torch.full_like(table, float("nan"))
+    todo = [list(ids) for ids in batches if torch.isnan(table[list(ids)]).any()]
+    for ids in tqdm(todo, desc=desc, disable=not show_progress or not todo, leave=False):
         batch = collate([pairs[i] for i in ids], ids).to(device)
         chosen, rejected = reference_pair_logps(reference_model, batch)
-        table[ids, 0] = chosen.float().cpu()
-        table[ids, 1] = rejected.float().cpu()
-    return table
+        fresh = torch.stack([chosen.float().cpu(), rejected.float().cpu()], dim=1)
+        keep = torch.isnan(out[ids])  # a pair seen in an earlier batch keeps its first value
+        out[ids] = torch.where(keep, fresh, out[ids])
+    return out
+
+
+def merge_tables(base: Tensor, new_rows: Tensor) -> Tensor:
+    """`base` with every non-NaN entry of `new_rows` written over it."""
+    return torch.where(torch.isnan(new_rows), base, new_rows)
+
+
+def empty_table(num_pairs: int) -> Tensor:
+    return torch.full((num_pairs, 2), float("nan"), dtype=torch.float32)
 
 
 def load_cached(log_path: str | Path, key: str | None = None, data_key: str | None = None) -> dict[str, Tensor] | None:
@@ -108,7 +120,10 @@ class TableReference:
         self.table = table
 
     def __call__(self, batch: PairBatch) -> tuple[Tensor, Tensor]:
-        rows = self.table[batch.pair_ids.cpu()].to(batch.input_ids.device)
+        rows = self.table[batch.pair_ids.cpu()]
+        if torch.isnan(rows).any():
+            raise RuntimeError("reference log-probs missing for a pair in this batch (cache out of step with the data)")
+        rows = rows.to(batch.input_ids.device)
         return rows[:, 0], rows[:, 1]
 
 

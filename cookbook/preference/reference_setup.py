@@ -15,6 +15,7 @@ from rich.console import Console
 
 from cookbook.models import load_model_and_tokenizer
 from cookbook.preference import reference as ref
+from cookbook.preference.evaluation import eval_batches
 from cookbook.preference.logprobs import SequenceLogprobModel
 from cookbook.training import distributed as dist_utils
 
@@ -35,7 +36,10 @@ class ReferenceSource:
 
 
 def prepare_reference(config, info, console: Console, policy_lm, reference_name: str, start_name: str,
-                      resumed: bool, data, collate) -> ReferenceSource:
+                      resumed: bool, data, collate, train_batches: list[list[int]]) -> ReferenceSource:
+    """Reference log-probs for the pairs of this rank's `train_batches` (the micro-batches the run
+    will train on, in order) and all test pairs, from the cache when it has them; or a frozen
+    model run in every step when not precomputing."""
     if not config.loss_settings.needs_reference:
         return ReferenceSource()
     reuse_policy = reference_name == start_name and not resumed
@@ -51,33 +55,54 @@ def prepare_reference(config, info, console: Console, policy_lm, reference_name:
         console.print(f"Reference model: {reference_name} (frozen copy, run in every step)")
         return ReferenceSource(model=load_reference())
 
-    # The key needs the reference weights' fingerprint; on resume a matching cache spares loading them.
+    batches = {"train": train_batches,
+               "test": [ids for ids in eval_batches(len(data.test), config.micro_batch_size, info.rank, info.world_size) if ids]}
+    needed = {split: sorted({i for ids in split_batches for i in ids}) for split, split_batches in batches.items()}
     data_key = ref.data_key(data.train, data.test)
+    # On resume the reference weights are not loaded (the key needs their fingerprint): a cache for
+    # the same data, written by this run, is trusted.
     cached = None
-    if resumed and info.is_main:
-        cached = ref.load_cached(config.log_path, data_key=data_key)
+    if info.is_main:
+        cached = ref.load_cached(config.log_path, data_key=data_key) if resumed else None
     cached = dist_utils.broadcast_object(cached, info)
-    if cached is not None:
+    if cached is not None and _all_ranks(_covers(cached, needed), info):
         console.print(f"Reference log-probs: reusing {config.log_path}/{ref.CACHE_NAME}")
-        return ReferenceSource(tables={"train": cached["train"], "test": cached["test"]})
+        return ReferenceSource(tables={split: cached[split] for split in needed})
 
     reference_model = load_reference()
     key = ref.cache_key(reference_name, ref.model_fingerprint(reference_model), data.train, data.test)
-    cached = ref.load_cached(config.log_path, key=key) if info.is_main else None
+    if cached is None and info.is_main:
+        cached = ref.load_cached(config.log_path, key=key)
     cached = dist_utils.broadcast_object(cached, info)
-    if cached is None:
-        was_training = reference_model.training
-        reference_model.eval()
-        tables = {}
-        for split, pairs in (("train", data.train), ("test", data.test)):
-            table = ref.compute_reference_logps(reference_model, pairs, collate, config.micro_batch_size,
-                                                info.device, info.rank, info.world_size, desc=f"reference ({split})")
-            tables[split] = dist_utils.all_reduce_tensor_sum(table.to(info.device), info).cpu()
-        reference_model.train(was_training)
-        if info.is_main:
-            ref.save_cache(config.log_path, key, data_key, tables)
-    else:
-        tables = {"train": cached["train"], "test": cached["test"]}
+    tables = {"train": ref.empty_table(len(data.train)), "test": ref.empty_table(len(data.test))}
+    if cached is not None:
+        tables = {split: cached[split] for split in tables}
+    was_training = reference_model.training
+    reference_model.eval()
+    for split, pairs in (("train", data.train), ("test", data.test)):
+        new_rows = ref.fill_reference_logps(reference_model, pairs, tables[split], batches[split], collate,
+                                            info.device, info.is_main, desc=f"reference log-probs ({split})")
+        tables[split] = ref.merge_tables(tables[split], _combine_ranks(new_rows, info))
+    reference_model.train(was_training)
+    if info.is_main:
+        ref.save_cache(config.log_path, key, data_key, tables)
     del reference_model
     return ReferenceSource(tables=tables)
 
+
+def _covers(cached: dict, needed: dict[str, list[int]]) -> bool:
+    return all(not torch.isnan(cached[split][ids]).any() for split, ids in needed.items() if ids)
+
+
+def _all_ranks(flag: bool, info) -> bool:
+    return dist_utils.all_reduce_sum([float(not flag)], info)[0] == 0
+
+
+def _combine_ranks(rows: torch.Tensor, info) -> torch.Tensor:
+    """Each rank holds NaN except the rows it computed; give every rank all of them."""
+    if not info.is_distributed:
+        return rows
+    filled = (~torch.isnan(rows)).to(torch.float32)
+    summed = dist_utils.all_reduce_tensor_sum(torch.nan_to_num(rows, nan=0.0).to(info.device), info).cpu()
+    counts = dist_utils.all_reduce_tensor_sum(filled.to(info.device), info).cpu()
+    return torch.where(counts > 0, summed, torch.full_like(summed, float("nan")))

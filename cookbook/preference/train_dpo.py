@@ -13,11 +13,11 @@ micro-batches; the loss is the sum over pairs divided by `batch_size`.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
 from pathlib import Path
-from typing import Literal
 
 import chz
 import torch
@@ -171,11 +171,26 @@ def _train(config: Config, info: dist_utils.DistInfo) -> Path | None:
         print_pair(console, tokenizer, data.train[0])
 
     policy_source = resume_entry["path"] if resume_entry else start_name
+    steps_per_epoch = len(data.train) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size={config.batch_size} is larger than the {len(data.train)} training pairs")
+    total_steps = steps_per_epoch * config.num_epochs
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    accumulation = config.batch_size // (config.micro_batch_size * info.world_size)
+
+    def micro_batches(step: int) -> list[list[int]]:
+        """This rank's micro-batches (pair ids) at `step`: every world_size-th pair of the global batch."""
+        mine = _global_batch(config, len(data.train), steps_per_epoch, step)[info.rank :: info.world_size]
+        size = config.micro_batch_size
+        return [mine[i * size : (i + 1) * size] for i in range(accumulation)]
+
     causal_lm, _ = load_model_and_tokenizer(policy_source, dtype=config.dtype, device=str(info.device))
     layout = make_collate(config.layout, tokenizer.pad_token_id, causal_lm)
     settings = config.loss_settings
     reference = prepare_reference(config, info, console, causal_lm, reference_name, start_name,
-                                  resumed=resume_entry is not None, data=data, collate=layout.collate)
+                                  resumed=resume_entry is not None, data=data, collate=layout.collate,
+                                  train_batches=[ids for step in range(total_steps) for ids in micro_batches(step)])
 
     if config.gradient_checkpointing:
         causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -185,12 +200,6 @@ def _train(config: Config, info: dist_utils.DistInfo) -> Path | None:
     policy = dist_utils.wrap_model(policy, strategy, info, layers=list(causal_lm.get_decoder().layers))
     policy.train()
 
-    steps_per_epoch = len(data.train) // config.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"batch_size={config.batch_size} is larger than the {len(data.train)} training pairs")
-    total_steps = steps_per_epoch * config.num_epochs
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
                                   fused=info.device.type == "cuda")
     scheduler = make_scheduler(optimizer, total_steps, config.lr_schedule, config.warmup_steps)
@@ -233,15 +242,12 @@ def _train(config: Config, info: dist_utils.DistInfo) -> Path | None:
         run_eval(0)
 
     reference_train = reference.for_split("train")
-    accumulation = config.batch_size // (config.micro_batch_size * info.world_size)
     final_path = None
     with StopRequest() as stop:
         for step in range(start_step, total_steps):
             step_start = time.perf_counter()
-            pair_ids = _global_batch(config, len(data.train), steps_per_epoch, step)[info.rank :: info.world_size]
             sums, counts = {}, [0, 0, 0]
-            for micro in range(accumulation):
-                ids = pair_ids[micro * config.micro_batch_size : (micro + 1) * config.micro_batch_size]
+            for micro, ids in enumerate(micro_batches(step)):
                 batch = layout.collate([data.train[i] for i in ids], ids).to(info.device)
                 with dist_utils.gradient_sync(policy, strategy, enabled=micro == accumulation - 1):
                     result = preference_forward(policy, batch, settings, reference_train(batch) if reference_train else None)
@@ -296,13 +302,18 @@ def _train(config: Config, info: dist_utils.DistInfo) -> Path | None:
     return final_path
 
 
+@functools.lru_cache(maxsize=2)
+def _epoch_order(seed: int, epoch: int, num_pairs: int) -> tuple[int, ...]:
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return tuple(torch.randperm(num_pairs, generator=generator).tolist())
+
+
 def _global_batch(config: Config, num_pairs: int, steps_per_epoch: int, step: int) -> list[int]:
     """Pair ids of the global batch at `step`: a fresh seeded permutation each epoch, so the data
     position is a pure function of the step (which is all resume needs)."""
     epoch, offset = divmod(step, steps_per_epoch)
-    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-    order = torch.randperm(num_pairs, generator=generator)
-    return order[offset * config.batch_size : (offset + 1) * config.batch_size].tolist()
+    order = _epoch_order(config.seed, epoch, num_pairs)
+    return list(order[offset * config.batch_size : (offset + 1) * config.batch_size])
 
 
 def _clip_gradients(model: torch.nn.Module, max_norm: float) -> float:

@@ -20,6 +20,8 @@ import chz
 
 from cookbook.preference.train_dpo import Config, main
 
+__all__ = ["Config", "cli", "main"]
+
 
 def cli(argv: list[str] | None = None):
     """Parse `argv` (default: sys.argv[1:]) into a Config and train."""

@@ -1,0 +1,554 @@
+"""DPO training-step throughput: padded vs packed vs prefix-shared rows, reference in the step vs
+precomputed, and (with --vs-trl) TRL's DPOTrainer on the same pairs, model and settings.
+
+    python benchmarks/dpo_throughput.py                                   # SmolLM2-135M, CPU defaults
+    python benchmarks/dpo_throughput.py --model 1b --pairs-per-step 8     # on a GPU (bf16, flex attention)
+    benchmarks/.venv-bench/bin/python benchmarks/dpo_throughput.py --vs-trl   # after setup_bench_env.sh
+
+Prints one table (markdown) of real tokens/s, pairs/s, MFU, peak memory and reference-pass time per
+configuration, then the speed-up of each technique over padded rows and, with --vs-trl, ours / TRL.
+
+Why it is built this way:
+- Pairs are synthetic but made of real text: each token is a whole word of the SmolLM2 vocabulary
+  (" word"), so the text TRL tokenizes gives back exactly our token ids (checked in every TRL run).
+  Lengths are uniform in [min_frac, 1] x max_length, so ~2/3 of padded slots hold real tokens.
+- "Real tokens" are prompt+chosen plus prompt+rejected, the tokens a padded layout holds: the same
+  count for every layout and for TRL, so tokens/s ratios are ratios of step time.
+- Each configuration runs in its own subprocess, so peak host RSS and GPU memory belong to that
+  configuration alone, and one run's allocator cache or compiled kernels do not help the next.
+- Our step mirrors the trainer: SequenceLogprobModel + preference_forward + backward + grad clipping
+  + AdamW (fused on CUDA). "precomputed" scores the reference with the initial policy before the
+  timed steps (as the trainer's cache and TRL's precompute_ref_log_probs do); "in-step" runs a frozen
+  copy inside every step.
+- MFU counts 6*N FLOPs per real token for the policy, plus 2*N when the reference runs in the step;
+  N is the matmul parameters (embeddings count only as the LM head). Attention FLOPs are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+
+LAYOUTS = ("padded", "packed", "prefix_shared")
+REFERENCE_MODES = ("precomputed", "in-step")
+MODEL_SHAPES = {
+    # SmolLM2-135M's shape, random init
+    "135m": dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                 intermediate_size=1536, vocab_size=49152, tie_word_embeddings=True),
+    # Llama-3.2-1B-like
+    "1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+               intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True),
+    # Llama-3.2-3B-like
+    "3b": dict(hidden_size=3072, num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8,
+               intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True),
+}
+# Dense bf16 tensor-core peaks (no sparsity), for MFU.
+GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
+
+
+@dataclass(frozen=True)
+class Sequence:
+    tokens: list[int]
+    weights: list[float]
+
+
+@dataclass(frozen=True)
+class Pair:
+    chosen: Sequence
+    rejected: Sequence
+    prompt_length: int
+
+
+@dataclass(frozen=True)
+class TextPair:
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+# ----------------------------------------------------------------------------------------------
+# Synthetic pairs
+
+
+def word_vocabulary(tokenizer) -> list[tuple[int, str]]:
+    """(token id, " word") for vocabulary entries that are one lowercase word with a leading space
+    and that the tokenizer gives back as that single token."""
+    candidates = []
+    for token, token_id in tokenizer.get_vocab().items():
+        word = token[1:]
+        if token.startswith("\u0120") and 2 <= len(word) <= 8 and word.isascii() and word.isalpha() and word.islower():
+            candidates.append((token_id, " " + word))
+    encoded = tokenizer([text for _, text in candidates], add_special_tokens=False)["input_ids"]
+    return sorted((token_id, text) for (token_id, text), ids in zip(candidates, encoded) if ids == [token_id])
+
+
+def make_pairs(tokenizer, count: int, max_length: int, min_frac: float, prompt_frac: float, seed: int):
+    """`count` pairs of (token Pair, TextPair). Each sequence is prompt + completion + end-of-turn, of
+    total length uniform in [min_frac * max_length, max_length]; the prompt is about prompt_frac of
+    the shorter sequence."""
+    words = word_vocabulary(tokenizer)
+    eos_id, eos_text = tokenizer.eos_token_id, tokenizer.eos_token
+    rng = random.Random(seed)
+    low = max(4, int(min_frac * max_length))
+    pairs, texts = [], []
+    for _ in range(count):
+        chosen_length, rejected_length = rng.randint(low, max_length), rng.randint(low, max_length)
+        shorter = min(chosen_length, rejected_length)
+        prompt_length = min(max(1, round(prompt_frac * shorter * rng.uniform(0.5, 1.5))), shorter - 2)
+        prompt = [rng.choice(words) for _ in range(prompt_length)]
+        completions = [[rng.choice(words) for _ in range(n - prompt_length - 1)] for n in (chosen_length, rejected_length)]
+
+        def sequence(completion):
+            tokens = [i for i, _ in prompt] + [i for i, _ in completion] + [eos_id]
+            return Sequence(tokens, [0.0] * prompt_length + [1.0] * (len(tokens) - prompt_length))
+
+        pairs.append(Pair(sequence(completions[0]), sequence(completions[1]), prompt_length))
+        texts.append(TextPair(
+            prompt="".join(t for _, t in prompt),
+            chosen="".join(t for _, t in completions[0]) + eos_text,
+            rejected="".join(t for _, t in completions[1]) + eos_text,
+        ))
+    return pairs, texts
+
+
+# ----------------------------------------------------------------------------------------------
+# Models and measurements
+
+
+def build_model(name: str, dtype, device, attn: str, seed: int):
+    import torch
+
+    if name == "smollm2":
+        from cookbook.models import DEFAULT_MODEL, load_model_and_tokenizer
+
+        model, _ = load_model_and_tokenizer(DEFAULT_MODEL, dtype=str(dtype).removeprefix("torch."),
+                                            device=device.type, attn_implementation=attn)
+        return model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(max_position_embeddings=8192, attn_implementation=attn, **MODEL_SHAPES[name])
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype)
+    return model
+
+
+def matmul_parameters(model) -> int:
+    """Parameters that take part in a matmul per token: everything but the input embedding table,
+    which is a lookup (a tied table still counts once, as the LM head)."""
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight
+    tied = embedding is model.get_output_embeddings().weight
+    return total if tied else total - embedding.numel()
+
+
+def peak_flops(device, override_tflops: float | None) -> float | None:
+    import torch
+
+    if override_tflops:
+        return override_tflops * 1e12
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, tflops in GPU_PEAK_TFLOPS.items():
+            if key in name:
+                return tflops * 1e12
+    return None
+
+
+def host_peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def synchronize(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class RunResult:
+    impl: str
+    layout: str
+    reference: str
+    steps: int
+    step_seconds: float
+    tokens_per_second: float
+    pairs_per_second: float
+    mfu: float | None
+    reference_seconds: float
+    gpu_peak_bytes: int | None
+    host_peak_rss_bytes: int
+    slot_fill: float
+    real_tokens_per_step: float
+    note: str = ""
+
+
+def resolve(args):
+    import torch
+
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.dtype == "auto":
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    else:
+        dtype = getattr(torch, args.dtype)
+    return device, dtype
+
+
+def attention_for(layout: str, args, device) -> str:
+    if args.attn != "auto":
+        return args.attn
+    # On a GPU, packed rows want block-sparse attention: sdpa would compute the whole row x row square.
+    return "flex_attention" if device.type == "cuda" and layout != "padded" else "sdpa"
+
+
+def step_batches(pairs, pairs_per_step: int, total_steps: int):
+    return [list(range(i * pairs_per_step, (i + 1) * pairs_per_step)) for i in range(total_steps)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Our step
+
+
+def run_ours(args, layout: str, reference_mode: str) -> RunResult:
+    import torch
+
+    from cookbook.models import load_tokenizer
+    from cookbook.preference.logprobs import SequenceLogprobModel
+    from cookbook.preference.packing import collate_pairs
+    from cookbook.preference.step import LossSettings, preference_forward, reference_pair_logps
+
+    device, dtype = resolve(args)
+    tokenizer = load_tokenizer()
+    total_steps = args.warmup_steps + args.steps
+    pairs, _ = make_pairs(tokenizer, total_steps * args.pairs_per_step, args.max_length, args.min_frac,
+                          args.prompt_frac, args.seed)
+    attention = attention_for(layout, args, device)
+    causal_lm = build_model(args.model, dtype, device, attention, args.seed)
+    policy = SequenceLogprobModel(causal_lm).train()
+    settings = LossSettings(loss_type="dpo", beta=0.1)
+    batch_indices = step_batches(pairs, args.pairs_per_step, total_steps)
+
+    def collate(indices):
+        return collate_pairs([pairs[i] for i in indices], indices, tokenizer.pad_token_id, layout=layout,
+                             attention=attention, max_row_tokens=args.max_row_tokens).to(device)
+
+    reference_seconds = 0.0
+    cached = {}
+    reference = None
+    if reference_mode == "precomputed":
+        # The initial policy is the reference: score every batch once, before training.
+        policy.eval()
+        start = time.perf_counter()
+        for step, indices in enumerate(batch_indices):
+            cached[step] = reference_pair_logps(policy, collate(indices))
+        synchronize(device)
+        reference_seconds = time.perf_counter() - start
+        policy.train()
+    else:
+        reference = SequenceLogprobModel(copy.deepcopy(causal_lm).requires_grad_(False)).eval()
+
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0, fused=device.type == "cuda")
+    step_times, in_step_reference, real_tokens, slots = [], 0.0, 0, 0
+    synchronize(device)
+    previous = time.perf_counter()
+    for step, indices in enumerate(batch_indices):
+        if step == args.warmup_steps and device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        batch = collate(indices)
+        if reference is not None:
+            ref_start = time.perf_counter()
+            reference_logps = reference_pair_logps(reference, batch)
+            synchronize(device)
+            ref_elapsed = time.perf_counter() - ref_start
+        else:
+            reference_logps, ref_elapsed = cached[step], 0.0
+        result = preference_forward(policy, batch, settings, reference_logps)
+        (result.loss_sum / result.num_pairs).backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
+        now = time.perf_counter()
+        if step >= args.warmup_steps:
+            step_times.append(now - previous)
+            in_step_reference += ref_elapsed
+            real_tokens += batch.num_real_tokens
+            slots += batch.num_slots
+        previous = now
+    return summarize(args, "ours", layout, reference_mode, causal_lm, device, step_times, real_tokens,
+                     reference_seconds if reference is None else in_step_reference / len(step_times),
+                     slots, note=f"attn={attention}")
+
+
+def summarize(args, impl, layout, reference_mode, model, device, step_times, real_tokens, reference_seconds,
+              slots, note="") -> RunResult:
+    import torch
+
+    seconds = sum(step_times)
+    tokens_per_second = real_tokens / seconds
+    flops_per_token = (6 + (2 if reference_mode == "in-step" else 0)) * matmul_parameters(model)
+    peak = peak_flops(device, args.peak_tflops)
+    return RunResult(
+        impl=impl,
+        layout=layout,
+        reference=reference_mode,
+        steps=len(step_times),
+        step_seconds=seconds / len(step_times),
+        tokens_per_second=tokens_per_second,
+        pairs_per_second=args.pairs_per_step * len(step_times) / seconds,
+        mfu=tokens_per_second * flops_per_token / peak if peak else None,
+        reference_seconds=reference_seconds,
+        gpu_peak_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        host_peak_rss_bytes=host_peak_rss_bytes(),
+        slot_fill=real_tokens / slots if slots else float("nan"),
+        real_tokens_per_step=real_tokens / len(step_times),
+        note=note,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# TRL's DPOTrainer on the same pairs
+
+
+def run_trl(args, reference_mode: str) -> RunResult:
+    import datasets
+    import torch
+    from transformers import TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from cookbook.models import load_tokenizer
+    from cookbook.preference.batching import collate_padded
+
+    device, dtype = resolve(args)
+    tokenizer = load_tokenizer()
+    total_steps = args.warmup_steps + args.steps
+    pairs, texts = make_pairs(tokenizer, total_steps * args.pairs_per_step, args.max_length, args.min_frac,
+                              args.prompt_frac, args.seed)
+    dataset = datasets.Dataset.from_list([asdict(t) for t in texts])
+    model = build_model(args.model, dtype, device, "sdpa", args.seed)
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.ends = []
+
+        def on_train_begin(self, *_, **__):
+            synchronize(device)
+            self.ends.append(time.perf_counter())
+
+        def on_step_end(self, *_, **__):
+            synchronize(device)
+            self.ends.append(time.perf_counter())
+            if len(self.ends) == args.warmup_steps + 1 and device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+
+    timer = StepTimer()
+    with tempfile.TemporaryDirectory() as output_dir:
+        config = DPOConfig(
+            output_dir=output_dir,
+            per_device_train_batch_size=args.pairs_per_step,
+            gradient_accumulation_steps=1,
+            max_steps=total_steps,
+            learning_rate=args.lr,
+            lr_scheduler_type="constant",
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch",
+            beta=0.1,
+            loss_type=["sigmoid"],
+            max_length=None,  # our pairs are already within max_length; no truncation on either side
+            precompute_ref_log_probs=reference_mode == "precomputed",
+            gradient_checkpointing=False,  # ours does not checkpoint either
+            bf16=dtype == torch.bfloat16,
+            use_cpu=device.type == "cpu",
+            train_sampling_strategy="sequential",  # the same pairs in the same steps as ours
+            dataloader_num_workers=0,
+            logging_steps=10_000,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            seed=args.seed,
+        )
+        reference = None if reference_mode == "precomputed" else copy.deepcopy(model).requires_grad_(False)
+        setup_start = time.perf_counter()
+        trainer = DPOTrainer(model=model, ref_model=reference, args=config, train_dataset=dataset,
+                             processing_class=tokenizer, callbacks=[timer])
+        synchronize(device)
+        setup_seconds = time.perf_counter() - setup_start
+        mismatches = count_token_mismatches(trainer.train_dataset, pairs)
+        trainer.train()
+    step_times = [b - a for a, b in zip(timer.ends[:-1], timer.ends[1:])][args.warmup_steps:]
+    timed = step_batches(pairs, args.pairs_per_step, total_steps)[args.warmup_steps:]
+    real_tokens = sum(len(pairs[i].chosen.tokens) + len(pairs[i].rejected.tokens) for b in timed for i in b)
+    slots = sum(collate_padded([pairs[i] for i in b], b, 0).num_slots for b in timed)
+    note = "tokens identical to ours" if mismatches == 0 else f"{mismatches} pairs tokenized differently"
+    if reference_mode == "precomputed":
+        note += f"; setup incl. reference precompute {setup_seconds:.1f} s"
+    return summarize(args, "trl", "padded", reference_mode, model, device, step_times, real_tokens,
+                     setup_seconds if reference_mode == "precomputed" else float("nan"), slots, note=note)
+
+
+def count_token_mismatches(tokenized, pairs) -> int:
+    mismatches = 0
+    for row, pair in zip(tokenized, pairs):
+        chosen = row["prompt_ids"] + row["chosen_ids"]
+        rejected = row["prompt_ids"] + row["rejected_ids"]
+        if chosen != pair.chosen.tokens or rejected != pair.rejected.tokens:
+            mismatches += 1
+    return mismatches
+
+
+# ----------------------------------------------------------------------------------------------
+# Driver
+
+
+def run_one(args, spec: dict) -> RunResult:
+    if spec["impl"] == "trl":
+        return run_trl(args, spec["reference"])
+    return run_ours(args, spec["layout"], spec["reference"])
+
+
+def run_in_subprocess(argv: list[str], spec: dict, timeout: float) -> RunResult | str:
+    command = [sys.executable, os.path.abspath(__file__), *argv, "--run-one", json.dumps(spec)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"timed out after {timeout:.0f} s"
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return RunResult(**json.loads(line.removeprefix("RESULT ")))
+    tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+    return "failed: " + " | ".join(tail)
+
+
+def format_table(results: list[RunResult]) -> str:
+    def gib(n):
+        return "n/a" if n is None else f"{n / 2**30:.2f}"
+
+    lines = [
+        "| impl | layout | reference | real tok/s | pairs/s | step s | ref pass s | MFU | GPU peak GiB | host peak RSS GiB | slot fill |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        mfu = "n/a" if r.mfu is None else f"{100 * r.mfu:.1f}%"
+        ref = "n/a" if r.reference_seconds != r.reference_seconds else f"{r.reference_seconds:.2f}"
+        lines.append(
+            f"| {r.impl} | {r.layout} | {r.reference} | {r.tokens_per_second:,.0f} | {r.pairs_per_second:.2f} | "
+            f"{r.step_seconds:.2f} | {ref} | {mfu} | {gib(r.gpu_peak_bytes)} | {gib(r.host_peak_rss_bytes)} | "
+            f"{100 * r.slot_fill:.0f}% |"
+        )
+    return "\n".join(lines)
+
+
+def format_ratios(results: list[RunResult]) -> str:
+    lines = []
+    ours = {(r.layout, r.reference): r for r in results if r.impl == "ours"}
+    for reference_mode in REFERENCE_MODES:
+        base = ours.get(("padded", reference_mode))
+        for layout in LAYOUTS[1:]:
+            other = ours.get((layout, reference_mode))
+            if base and other:
+                lines.append(f"- {layout} / padded ({reference_mode}): tokens/s x{other.tokens_per_second / base.tokens_per_second:.2f}")
+    for layout in LAYOUTS:
+        pre, inside = ours.get((layout, "precomputed")), ours.get((layout, "in-step"))
+        if pre and inside:
+            lines.append(f"- precomputed / in-step reference ({layout}): tokens/s x{pre.tokens_per_second / inside.tokens_per_second:.2f}")
+    trl = {r.reference: r for r in results if r.impl == "trl"}
+    for reference_mode, t in trl.items():
+        for layout in LAYOUTS:
+            o = ours.get((layout, reference_mode))
+            if not o:
+                continue
+            memory = "n/a"
+            if o.gpu_peak_bytes and t.gpu_peak_bytes:
+                memory = f"GPU x{o.gpu_peak_bytes / t.gpu_peak_bytes:.2f}"
+            host = f"host RSS x{o.host_peak_rss_bytes / t.host_peak_rss_bytes:.2f}"
+            lines.append(f"- ours {layout} / TRL ({reference_mode}): tokens/s x{o.tokens_per_second / t.tokens_per_second:.2f}, "
+                         f"peak memory {memory}, {host}")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["smollm2", *MODEL_SHAPES], default="smollm2",
+                        help="smollm2: the bundled real SmolLM2-135M-Instruct; others: random init of that shape")
+    parser.add_argument("--pairs-per-step", type=int, default=None, help="default 4 on CPU, 8 on GPU")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps")
+    parser.add_argument("--warmup-steps", type=int, default=1)
+    parser.add_argument("--max-length", type=int, default=512, help="longest prompt+completion sequence")
+    parser.add_argument("--min-frac", type=float, default=0.2, help="shortest sequence, as a fraction of max-length")
+    parser.add_argument("--prompt-frac", type=float, default=0.3, help="mean prompt share of the shorter sequence")
+    parser.add_argument("--layouts", default=",".join(LAYOUTS))
+    parser.add_argument("--reference", choices=[*REFERENCE_MODES, "both"], default="both")
+    parser.add_argument("--vs-trl", action="store_true", help="also run TRL's DPOTrainer (needs trl installed)")
+    parser.add_argument("--trl-only", action="store_true", help="with --vs-trl: skip our layouts")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    parser.add_argument("--attn", default="auto", choices=["auto", "sdpa", "flex_attention", "eager"],
+                        help="auto: sdpa on CPU and for padded rows; flex_attention for packed rows on a GPU")
+    parser.add_argument("--max-row-tokens", type=int, default=None, help="token budget of a packed row (default: one row)")
+    parser.add_argument("--lr", type=float, default=1e-6)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (CPU: n/a unless given)")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per configuration")
+    parser.add_argument("--json-out", default=None, help="also write the results as JSON here")
+    parser.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.pairs_per_step is None:
+        import torch
+
+        on_gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+        args.pairs_per_step = 8 if on_gpu else 4
+    return args
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.run_one:
+        result = run_one(args, json.loads(args.run_one))
+        print("RESULT " + json.dumps(asdict(result)), flush=True)
+        return
+    layouts = [layout.strip() for layout in args.layouts.split(",") if layout.strip()]
+    unknown = sorted(set(layouts) - set(LAYOUTS))
+    if unknown:
+        raise SystemExit(f"--layouts: unknown {', '.join(unknown)} (choose from {', '.join(LAYOUTS)})")
+    modes = REFERENCE_MODES if args.reference == "both" else (args.reference,)
+    specs = [] if args.trl_only else [{"impl": "ours", "layout": lo, "reference": m} for m in modes for lo in layouts]
+    if args.vs_trl:
+        if importlib.util.find_spec("trl") is None:
+            raise SystemExit("--vs-trl needs TRL: run bash benchmarks/setup_bench_env.sh and use benchmarks/.venv-bench/bin/python")
+        specs += [{"impl": "trl", "layout": "padded", "reference": m} for m in modes]
+    child_argv = [a for a in argv if a not in ("--vs-trl", "--trl-only")]
+    results = []
+    for spec in specs:
+        outcome = run_in_subprocess(child_argv, spec, args.timeout)
+        if isinstance(outcome, str):
+            print(f"{spec}: {outcome}", file=sys.stderr, flush=True)
+            continue
+        print(f"{spec['impl']:4} {spec['layout']:13} {spec['reference']:11} {outcome.tokens_per_second:10,.0f} tok/s  "
+              f"{outcome.step_seconds:7.2f} s/step  {outcome.note}", flush=True)
+        results.append(outcome)
+    print()
+    print(f"model={args.model} pairs/step={args.pairs_per_step} max_length={args.max_length} "
+          f"steps={args.steps} (+{args.warmup_steps} warmup)")
+    print(format_table(results))
+    print()
+    print(format_ratios(results))
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump({"args": vars(args), "results": [asdict(r) for r in results]}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""The DPO recipe through its real CLI, on a tiny random-init model and the bundled demo data."""
+
+import json
+import math
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cookbook.preference import train_dpo
+from cookbook.recipes.preference.train import cli
+from cookbook.training import metrics as metrics_module
+from cookbook.training.metrics import read_metrics
+
+# Small enough to run in seconds on 2 cores; test_size keeps eval cheap.
+FAST = ["dataset.max_pairs=48", "dataset.test_size=16", "max_length=128", "show_example=false"]
+
+
+def run(tmp_path: Path, tiny_model_dir: str, *args: str, name: str = "run") -> Path:
+    log_path = tmp_path / name
+    cli([f"log_path={log_path}", f"model_name={tiny_model_dir}", *FAST, *args])
+    return log_path
+
+
+def train_records(log_path: Path) -> list[dict]:
+    return [r for r in read_metrics(log_path) if "dpo_loss" in r]
+
+
+def test_smoke_writes_every_file(tmp_path, tiny_model_dir):
+    log_path = run(tmp_path, tiny_model_dir, "max_steps=2", "batch_size=4", "micro_batch_size=2", "save_every=1")
+    names = {p.name for p in log_path.iterdir()}
+    assert {"config.json", "metrics.jsonl", "checkpoints.jsonl", "reference_logps.pt", "final", "step_000001"} <= names
+    config = json.loads((log_path / "config.json").read_text())
+    assert config["model_name"] == tiny_model_dir and config["dataset"]["builder"].endswith(":DemoBuilder")
+
+    records = train_records(log_path)
+    assert [r["step"] for r in records] == [1, 2]
+    for key in ("accuracy", "batch_time", "chosen_reward", "rejected_reward", "dpo_loss", "learning_rate",
+                "margin", "num_pairs", "num_tokens", "progress", "grad_norm"):
+        assert key in records[0], key
+    assert records[-1]["progress"] == 1.0 and records[0]["num_pairs"] == 4
+    evals = [r for r in read_metrics(log_path) if "test/accuracy" in r]
+    assert [r["step"] for r in evals] == [0, 2]
+    assert {"test/nll", "test/dpo_loss", "test/accuracy", "test/margin"} <= set(evals[0])
+
+    # The final checkpoint is a plain HF directory with our metadata.
+    from transformers import AutoModelForCausalLM
+
+    final = log_path / "final"
+    assert AutoModelForCausalLM.from_pretrained(final) is not None
+    meta = json.loads((final / "cookbook_checkpoint.json").read_text())
+    assert meta["renderer_name"] == "chatml" and meta["step"] == 2
+    index = [json.loads(line) for line in (log_path / "checkpoints.jsonl").read_text().splitlines()]
+    assert [e["name"] for e in index] == ["step_000001", "final"]
+    assert not (log_path / "step_000001" / "training_state.pt").exists() or index[-1]["resumable"] is False
+
+
+def test_step_zero_loss_is_ln2_and_eval_accuracy_starts_at_half(tmp_path, tiny_model_dir):
+    """Policy == reference at step 0: every margin is 0, the DPO loss is ln 2, ties count half."""
+    log_path = run(tmp_path, tiny_model_dir, "max_steps=1", "batch_size=4", "micro_batch_size=4")
+    first_eval = next(r for r in read_metrics(log_path) if "test/accuracy" in r)
+    assert first_eval["step"] == 0
+    assert first_eval["test/dpo_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert first_eval["test/accuracy"] == pytest.approx(0.5)
+    assert train_records(log_path)[0]["dpo_loss"] == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_training_raises_accuracy(tmp_path, tiny_model_dir):
+    """A few epochs over 32 pairs: the model must learn to prefer chosen (fails if learning is broken)."""
+    log_path = run(tmp_path, tiny_model_dir, "dataset.max_pairs=32", "num_epochs=6", "batch_size=8",
+                   "micro_batch_size=8", "learning_rate=2e-3", "lr_schedule=constant", "eval_every=0",
+                   "dpo_beta=0.5")
+    records = train_records(log_path)
+    first, last = records[:4], records[-4:]
+    assert sum(r["accuracy"] for r in last) / 4 > sum(r["accuracy"] for r in first) / 4 + 0.3
+    assert sum(r["dpo_loss"] for r in last) / 4 < math.log(2) - 0.2
+
+
+@pytest.mark.parametrize("loss_type", ["ipo", "hinge", "simpo", "orpo"])
+def test_other_losses_train(tmp_path, tiny_model_dir, loss_type):
+    log_path = run(tmp_path, tiny_model_dir, f"loss_type={loss_type}", "max_steps=2", "batch_size=4",
+                   "micro_batch_size=4", "eval_every=0")
+    records = train_records(log_path)
+    assert len(records) == 2 and all(math.isfinite(r["dpo_loss"]) for r in records)
+    has_cache = (log_path / "reference_logps.pt").exists()
+    assert has_cache == (loss_type in ("ipo", "hinge"))
+
+
+def test_reference_in_step_equals_precomputed(tmp_path, tiny_model_dir):
+    common = ("max_steps=2", "batch_size=4", "micro_batch_size=2", "eval_every=0")
+    a = train_records(run(tmp_path, tiny_model_dir, *common, "precompute_reference=true", name="a"))
+    b = train_records(run(tmp_path, tiny_model_dir, *common, "precompute_reference=false", name="b"))
+    for ra, rb in zip(a, b):
+        assert ra["dpo_loss"] == pytest.approx(rb["dpo_loss"], abs=1e-5)
+        assert ra["margin"] == pytest.approx(rb["margin"], abs=1e-5)
+
+
+def _final_weights(log_path: Path) -> dict[str, torch.Tensor]:
+    return load_file(log_path / "final" / "model.safetensors")
+
+
+def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, tiny_model_dir, monkeypatch):
+    common = ("max_steps=6", "batch_size=4", "micro_batch_size=2", "eval_every=3", "learning_rate=1e-3",
+              "lr_schedule=cosine", "warmup_steps=2")
+    straight = run(tmp_path, tiny_model_dir, *common, name="straight")
+
+    # Ctrl-C arrives while step 3 is being logged: the loop finishes that step's bookkeeping,
+    # notices the request at the next step boundary, saves a resumable checkpoint and returns.
+    original = metrics_module.MetricLogger.log_metrics
+
+    def log_and_interrupt(self, metrics, step):
+        original(self, metrics, step)
+        if step == 3 and "dpo_loss" in metrics:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(metrics_module.MetricLogger, "log_metrics", log_and_interrupt)
+    interrupted = run(tmp_path, tiny_model_dir, *common, name="resumed")
+    monkeypatch.setattr(metrics_module.MetricLogger, "log_metrics", original)
+    assert not (interrupted / "final").exists()
+    stopped_at = max(r["step"] for r in train_records(interrupted))
+    assert 3 <= stopped_at < 6 and (interrupted / f"step_{stopped_at:06d}" / "training_state.pt").exists()
+
+    run(tmp_path, tiny_model_dir, *common, "behavior_if_log_dir_exists=resume", name="resumed")
+    a, b = _final_weights(straight), _final_weights(interrupted)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+    ra, rb = read_metrics(straight), read_metrics(interrupted)
+    assert [r["step"] for r in ra] == [r["step"] for r in rb]
+    for x, y in zip(ra, rb):
+        for key in ("dpo_loss", "margin", "test/accuracy", "learning_rate"):
+            if key in x:
+                assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-6), (x["step"], key)
+
+
+def test_existing_log_dir_without_tty_raises(tmp_path, tiny_model_dir):
+    log_path = tmp_path / "run"
+    log_path.mkdir()
+    (log_path / "metrics.jsonl").write_text("")
+    with pytest.raises(RuntimeError, match="already holds a run.*behavior_if_log_dir_exists=resume"):
+        run(tmp_path, tiny_model_dir, "max_steps=1")
+    # delete starts over
+    run(tmp_path, tiny_model_dir, "max_steps=1", "batch_size=4", "micro_batch_size=4", "eval_every=0",
+        "behavior_if_log_dir_exists=delete")
+    assert (log_path / "final").exists()
+
+
+def test_nan_loss_stops_with_last_checkpoint_intact(tmp_path, tiny_model_dir, monkeypatch):
+    real_forward = train_dpo.preference_forward
+    calls = {"n": 0}
+
+    def poisoned(policy, batch, settings, reference_logps):
+        calls["n"] += 1
+        result = real_forward(policy, batch, settings, reference_logps)
+        if calls["n"] > 2:  # steps 1 and 2 (one micro-batch each) are fine, step 3 diverges
+            result.loss_sum = result.loss_sum * float("nan")
+            result.metric_sums["loss"] = float("nan")
+        return result
+
+    monkeypatch.setattr(train_dpo, "preference_forward", poisoned)
+    with pytest.raises(train_dpo.TrainingDivergedError, match="step 2: loss=nan"):
+        run(tmp_path, tiny_model_dir, "max_steps=5", "batch_size=4", "micro_batch_size=4", "eval_every=0",
+            "save_every=2")
+    log_path = tmp_path / "run"
+    assert (log_path / "step_000002" / "training_state.pt").exists()
+    assert not (log_path / "final").exists()
+    assert not [p for p in log_path.iterdir() if p.name.startswith(".")]  # no half-written checkpoint
+
+
+@pytest.mark.parametrize(
+    ("arg", "message"),
+    [
+        ("dpo_beta=0", "dpo_beta must be > 0"),
+        ("learning_rate=-1", "learning_rate must be > 0"),
+        ("micro_batch_size=3", "batch_size=16 must be a multiple of micro_batch_size=3"),
+        ("label_smoothing=0.7", r"label_smoothing must be in \[0, 0.5\)"),
+        ("loss_type=kto", "kto"),
+        ("dataset=nope", "Unknown dataset 'nope'. Registered datasets: .*demo"),
+    ],
+)
+def test_bad_config_fails_before_loading_a_model(tmp_path, arg, message, monkeypatch):
+    def no_load(*a, **k):
+        raise AssertionError("model loaded before config validation")
+
+    monkeypatch.setattr(train_dpo, "load_model_and_tokenizer", no_load)
+    with pytest.raises(Exception, match=message):
+        cli([f"log_path={tmp_path / 'x'}", arg])
+
+
+def test_uncreatable_log_path_names_the_field(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setattr(train_dpo, "load_model_and_tokenizer", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(ValueError, match="log_path=.*cannot be created"):
+        cli([f"log_path={blocker / 'sub'}"])
+
+
+def test_help_lists_fields_with_docs(capsys):
+    with pytest.raises(SystemExit):
+        cli(["--help"])
+    out = capsys.readouterr().out
+    for field in ("log_path", "dpo_beta", "behavior_if_log_dir_exists", "precompute_reference", "dataset"):
+        assert field in out
+    assert "Pairs per optimizer step" in out
