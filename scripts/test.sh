@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up (idempotent) and run the whole test suite: ruff (F rules on), then pytest.
+# Tests marked `slow` (the real bundled model) run too; pass `-m "not slow"` to skip them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export TOKENIZERS_PARALLELISM=false
+.venv/bin/ruff check .
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
