@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 LAYOUTS = ("padded", "packed", "prefix_shared")
@@ -193,6 +194,8 @@ class RunResult:
     host_peak_rss_bytes: int
     slot_fill: float
     real_tokens_per_step: float
+    cpu_seconds_per_step: float
+    tokens_per_cpu_second: float
     note: str = ""
 
 
@@ -264,9 +267,9 @@ def run_ours(args, layout: str, reference_mode: str) -> RunResult:
         reference = SequenceLogprobModel(copy.deepcopy(causal_lm).requires_grad_(False)).eval()
 
     optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0, fused=device.type == "cuda")
-    step_times, in_step_reference, real_tokens, slots = [], 0.0, 0, 0
+    step_times, cpu_times, in_step_reference, real_tokens, slots = [], [], 0.0, 0, 0
     synchronize(device)
-    previous = time.perf_counter()
+    previous, previous_cpu = time.perf_counter(), time.process_time()
     for step, indices in enumerate(batch_indices):
         if step == args.warmup_steps and device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -284,20 +287,21 @@ def run_ours(args, layout: str, reference_mode: str) -> RunResult:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         synchronize(device)
-        now = time.perf_counter()
+        now, now_cpu = time.perf_counter(), time.process_time()
         if step >= args.warmup_steps:
             step_times.append(now - previous)
+            cpu_times.append(now_cpu - previous_cpu)
             in_step_reference += ref_elapsed
             real_tokens += batch.num_real_tokens
             slots += batch.num_slots
-        previous = now
-    return summarize(args, "ours", layout, reference_mode, causal_lm, device, step_times, real_tokens,
+        previous, previous_cpu = now, now_cpu
+    return summarize(args, "ours", layout, reference_mode, causal_lm, device, step_times, cpu_times, real_tokens,
                      reference_seconds if reference is None else in_step_reference / len(step_times),
                      slots, note=f"attn={attention}; load {os.getloadavg()[0]:.1f}")
 
 
-def summarize(args, impl, layout, reference_mode, model, device, step_times, real_tokens, reference_seconds,
-              slots, note="") -> RunResult:
+def summarize(args, impl, layout, reference_mode, model, device, step_times, cpu_times, real_tokens,
+              reference_seconds, slots, note="") -> RunResult:
     import torch
 
     seconds = sum(step_times)
@@ -318,6 +322,8 @@ def summarize(args, impl, layout, reference_mode, model, device, step_times, rea
         host_peak_rss_bytes=host_peak_rss_bytes(),
         slot_fill=real_tokens / slots if slots else float("nan"),
         real_tokens_per_step=real_tokens / len(step_times),
+        cpu_seconds_per_step=sum(cpu_times) / len(cpu_times),
+        tokens_per_cpu_second=real_tokens / sum(cpu_times),
         note=note,
     )
 
@@ -345,15 +351,17 @@ def run_trl(args, reference_mode: str) -> RunResult:
 
     class StepTimer(TrainerCallback):
         def __init__(self):
-            self.ends = []
+            self.ends, self.cpu_ends = [], []
 
         def on_train_begin(self, *_, **__):
             synchronize(device)
             self.ends.append(time.perf_counter())
+            self.cpu_ends.append(time.process_time())
 
         def on_step_end(self, *_, **__):
             synchronize(device)
             self.ends.append(time.perf_counter())
+            self.cpu_ends.append(time.process_time())
             if len(self.ends) == args.warmup_steps + 1 and device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
 
@@ -393,6 +401,7 @@ def run_trl(args, reference_mode: str) -> RunResult:
         mismatches = count_token_mismatches(trainer.train_dataset, pairs)
         trainer.train()
     step_times = [b - a for a, b in zip(timer.ends[:-1], timer.ends[1:])][args.warmup_steps:]
+    cpu_times = [b - a for a, b in zip(timer.cpu_ends[:-1], timer.cpu_ends[1:])][args.warmup_steps:]
     timed = step_batches(pairs, args.pairs_per_step, total_steps)[args.warmup_steps:]
     real_tokens = sum(len(pairs[i].chosen.tokens) + len(pairs[i].rejected.tokens) for b in timed for i in b)
     slots = sum(collate_padded([pairs[i] for i in b], b, 0).num_slots for b in timed)
@@ -400,7 +409,7 @@ def run_trl(args, reference_mode: str) -> RunResult:
     note += f"; load {os.getloadavg()[0]:.1f}"
     if reference_mode == "precomputed":
         note += f"; trainer setup incl. reference precompute of all batches {setup_seconds:.1f} s"
-    return summarize(args, "trl", "padded", reference_mode, model, device, step_times, real_tokens,
+    return summarize(args, "trl", "padded", reference_mode, model, device, step_times, cpu_times, real_tokens,
                      float("nan"), slots, note=note)
 
 
@@ -419,6 +428,10 @@ def count_token_mismatches(tokenized, pairs) -> int:
 
 
 def run_one(args, spec: dict) -> RunResult:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if spec["impl"] == "trl":
         return run_trl(args, spec["reference"])
     return run_ours(args, spec["layout"], spec["reference"])
@@ -442,15 +455,16 @@ def format_table(results: list[RunResult]) -> str:
         return "n/a" if n is None else f"{n / 2**30:.2f}"
 
     lines = [
-        "| impl | layout | reference | real tok/s | pairs/s | step s | ref s/batch | MFU | GPU peak GiB | host peak RSS GiB | slot fill |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| impl | layout | reference | real tok/s | tok/CPU-s | pairs/s | step s | CPU s/step | ref s/batch | MFU "
+        "| GPU peak GiB | host peak RSS GiB | slot fill |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         mfu = "n/a" if r.mfu is None else f"{100 * r.mfu:.1f}%"
         ref = "n/a" if r.reference_seconds != r.reference_seconds else f"{r.reference_seconds:.2f}"
         lines.append(
-            f"| {r.impl} | {r.layout} | {r.reference} | {r.tokens_per_second:,.0f} | {r.pairs_per_second:.2f} | "
-            f"{r.step_seconds:.2f} | {ref} | {mfu} | {gib(r.gpu_peak_bytes)} | {gib(r.host_peak_rss_bytes)} | "
+            f"| {r.impl} | {r.layout} | {r.reference} | {r.tokens_per_second:,.0f} | {r.tokens_per_cpu_second:,.0f} | "
+            f"{r.pairs_per_second:.2f} | {r.step_seconds:.2f} | {r.cpu_seconds_per_step:.2f} | {ref} | {mfu} | {gib(r.gpu_peak_bytes)} | {gib(r.host_peak_rss_bytes)} | "
             f"{100 * r.slot_fill:.0f}% |"
         )
     return "\n".join(lines)
@@ -464,11 +478,13 @@ def format_ratios(results: list[RunResult]) -> str:
         for layout in LAYOUTS[1:]:
             other = ours.get((layout, reference_mode))
             if base and other:
-                lines.append(f"- {layout} / padded ({reference_mode}): tokens/s x{other.tokens_per_second / base.tokens_per_second:.2f}")
+                lines.append(f"- {layout} / padded ({reference_mode}): tokens/s x{other.tokens_per_second / base.tokens_per_second:.2f}, "
+                             f"tokens/CPU-s x{other.tokens_per_cpu_second / base.tokens_per_cpu_second:.2f}")
     for layout in LAYOUTS:
         pre, inside = ours.get((layout, "precomputed")), ours.get((layout, "in-step"))
         if pre and inside:
-            lines.append(f"- precomputed / in-step reference ({layout}): tokens/s x{pre.tokens_per_second / inside.tokens_per_second:.2f}")
+            lines.append(f"- precomputed / in-step reference ({layout}): tokens/s x{pre.tokens_per_second / inside.tokens_per_second:.2f}, "
+                         f"tokens/CPU-s x{pre.tokens_per_cpu_second / inside.tokens_per_cpu_second:.2f}")
     trl = {r.reference: r for r in results if r.impl == "trl"}
     for reference_mode, t in trl.items():
         for layout in LAYOUTS:
@@ -480,7 +496,7 @@ def format_ratios(results: list[RunResult]) -> str:
                 memory = f"GPU x{o.gpu_peak_bytes / t.gpu_peak_bytes:.2f}"
             host = f"host RSS x{o.host_peak_rss_bytes / t.host_peak_rss_bytes:.2f}"
             lines.append(f"- ours {layout} / TRL ({reference_mode}): tokens/s x{o.tokens_per_second / t.tokens_per_second:.2f}, "
-                         f"peak memory {memory}, {host}")
+                         f"tokens/CPU-s x{o.tokens_per_cpu_second / t.tokens_per_cpu_second:.2f}, peak memory {memory}, {host}")
     return "\n".join(lines)
 
 
@@ -507,6 +523,10 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (CPU: n/a unless given)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per configuration")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads per configuration (0: torch's default); 1 makes CPU time robust to other load")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="configurations run at once (CPU: use with --threads 1 and compare tok/CPU-s)")
     parser.add_argument("--json-out", default=None, help="also write the results as JSON here")
     parser.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -536,9 +556,10 @@ def main(argv=None) -> None:
             raise SystemExit("--vs-trl needs TRL: run bash benchmarks/setup_bench_env.sh and use benchmarks/.venv-bench/bin/python")
         specs += [{"impl": "trl", "layout": "padded", "reference": m} for m in modes]
     child_argv = [a for a in argv if a not in ("--vs-trl", "--trl-only")]
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        outcomes = list(pool.map(lambda spec: run_in_subprocess(child_argv, spec, args.timeout), specs))
     results = []
-    for spec in specs:
-        outcome = run_in_subprocess(child_argv, spec, args.timeout)
+    for spec, outcome in zip(specs, outcomes):
         if isinstance(outcome, str):
             print(f"{spec}: {outcome}", file=sys.stderr, flush=True)
             continue
@@ -547,7 +568,7 @@ def main(argv=None) -> None:
         results.append(outcome)
     print()
     print(f"model={args.model} pairs/step={args.pairs_per_step} max_length={args.max_length} "
-          f"steps={args.steps} (+{args.warmup_steps} warmup)")
+          f"steps={args.steps} (+{args.warmup_steps} warmup) threads={args.threads or 'default'} jobs={args.jobs}")
     print(format_table(results))
     print()
     print(format_ratios(results))

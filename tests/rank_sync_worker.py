@@ -15,6 +15,12 @@ from cookbook.renderers import get_renderer
 from cookbook.training import distributed as dist_utils
 
 
+def checksum(tensors) -> float:
+    """Sum of |x| over whole tensors (FSDP shards are gathered first), in float64."""
+    full = (t.full_tensor() if hasattr(t, "full_tensor") else t for t in tensors)
+    return float(sum(t.double().abs().sum() for t in full))
+
+
 def main(model_dir: str, strategy: str, out_path: str) -> None:
     info = dist_utils.init_distributed("cpu")
     causal_lm, tokenizer = load_model_and_tokenizer(model_dir, device="cpu")
@@ -30,13 +36,10 @@ def main(model_dir: str, strategy: str, out_path: str) -> None:
         ids = [4 * step + 2 * info.rank, 4 * step + 2 * info.rank + 1]
         batch = collate_padded([data.train[i] for i in ids], ids, tokenizer.pad_token_id)
         preference_forward(policy, batch, settings, None).loss_sum.backward()
-        full_grads = [g.full_tensor() if hasattr(g, "full_tensor") else g
-                      for g in (p.grad for p in policy.parameters())]
-        grad_sums.append(float(sum(g.double().abs().sum() for g in full_grads)))
+        grad_sums.append(checksum(p.grad for p in policy.parameters()))
         optimizer.step()
         optimizer.zero_grad()
-    state = dist_utils.full_model_state_dict(policy)
-    param_sum = float(sum(v.double().abs().sum() for v in state.values()))
+    param_sum = checksum(p.detach() for p in policy.parameters())
     with open(f"{out_path}.rank{info.rank}.json", "w") as f:
         json.dump({"grad_sums": grad_sums, "param_sum": param_sum}, f)
     dist_utils.shutdown_distributed()

@@ -22,8 +22,8 @@ ARGS = ["dataset.max_pairs=32", "dataset.test_size=8", "max_length=128", "show_e
 
 def torchrun(*args: str, cwd: Path | None = None) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0", *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=cwd)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
@@ -48,8 +48,10 @@ def test_two_ranks_match_one_process(tmp_path, tiny_model_dir, single_process_ru
     w1 = load_file(single_process_run / "final" / "model.safetensors")
     w2 = load_file(log_path / "final" / "model.safetensors")
     assert w1.keys() == w2.keys()
+    # Adam turns float-noise-sized gradients of a few elements into lr-sized steps; 5e-5 on
+    # weights of scale ~0.07 still catches any real difference in the update.
     for name in w1:
-        torch.testing.assert_close(w1[name], w2[name], rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(w1[name], w2[name], rtol=1e-4, atol=5e-5, msg=name)
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])

@@ -195,7 +195,7 @@ def _train(config: Config, info: dist_utils.DistInfo) -> Path | None:
     if config.gradient_checkpointing:
         causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     causal_lm.config.use_cache = False
-    policy = SequenceLogprobModel(causal_lm)
+    policy = unwrapped_policy = SequenceLogprobModel(causal_lm)
     strategy = dist_utils.choose_strategy(config.distributed, policy, info)
     policy = dist_utils.wrap_model(policy, strategy, info, layers=list(causal_lm.get_decoder().layers))
     policy.train()
@@ -218,6 +218,15 @@ def _train(config: Config, info: dist_utils.DistInfo) -> Path | None:
               if info.is_main else NullMetricLogger())
     metadata = {"renderer_name": renderer_name, "base_model_name": start_name, "reference_model_name": reference_name}
 
+    # FSDP's full state dict repeats tied weights (lm_head = embed_tokens) under each name; a HF
+    # checkpoint stores them once.
+    first_name: dict[int, str] = {}
+    tied_aliases = set()
+    for name, param in unwrapped_policy.named_parameters(remove_duplicate=False):
+        if id(param) in first_name:
+            tied_aliases.add(name)
+        first_name.setdefault(id(param), name)
+
     def save(name: str, step: int, resumable: bool) -> Path | None:
         model_state = dist_utils.full_model_state_dict(policy)
         optim_state = dist_utils.full_optimizer_state_dict(policy, optimizer) if resumable else None
@@ -225,7 +234,7 @@ def _train(config: Config, info: dist_utils.DistInfo) -> Path | None:
         if info.is_main:
             training_state = ({"optimizer": optim_state, "scheduler": scheduler.state_dict(),
                                "rng": ckpt.capture_rng_state(), "step": step} if resumable else None)
-            state = {k.removeprefix("causal_lm."): v for k, v in model_state.items()}
+            state = {k.removeprefix("causal_lm."): v for k, v in model_state.items() if k not in tied_aliases}
             path = ckpt.save_checkpoint(log_path, name, step, state, causal_lm, tokenizer, metadata, training_state)
             console.print(f"[green]Saved checkpoint {path}")
         dist_utils.barrier(info)

@@ -92,7 +92,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def full_model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The whole model's weights on CPU (gathered from shards under FSDP); on every rank."""
+    """The whole model's weights on CPU (gathered from shards under FSDP), on rank 0; other ranks
+    get an empty dict (they take part in the gather but keep nothing)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     if not dist.is_initialized():
