@@ -144,7 +144,7 @@ def _resolve_hub_id(model_id: str) -> str:
         return snapshot_download(model_id, local_files_only=True)
     except Exception:
         pass
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or not _hub_reachable():
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or not hub_reachable():
         raise ModelNotFoundError(
             f"Model {model_id!r} is not in the local Hugging Face cache and the hub cannot be reached. "
             f"Download it on a connected machine (huggingface-cli download {model_id} --local-dir DIR), "
@@ -153,7 +153,7 @@ def _resolve_hub_id(model_id: str) -> str:
     return snapshot_download(model_id)
 
 
-def _hub_reachable(timeout_s: float = 3.0) -> bool:
+def hub_reachable(timeout_s: float = 3.0) -> bool:
     endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
     try:

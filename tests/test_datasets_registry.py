@@ -20,7 +20,7 @@ from cookbook.datasets import (
     resolve_builder,
 )
 
-README = Path(datasets_package.__file__).parent / "README.md"
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @chz.chz

@@ -19,7 +19,7 @@ import chz
 
 from cookbook.datasets.builder import DPODatasetBuilder
 from cookbook.datasets.files import read_rows
-from cookbook.models import _hub_reachable
+from cookbook.models import hub_reachable
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
@@ -71,7 +71,7 @@ class HubDatasetBuilder(DPODatasetBuilder):
 def load_hub_split(hub_id: str, config: str | None, split: str, option_hint: str) -> Iterable[dict]:
     """One split of a hub data set as dict rows; fails fast with advice when the hub is out of reach."""
     offline = hub_offline()
-    if not offline and not _hub_reachable():
+    if not offline and not hub_reachable():
         raise DatasetUnavailableError(_unavailable_message(hub_id, "the hub cannot be reached", option_hint))
     import datasets
 

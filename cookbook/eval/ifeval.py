@@ -83,10 +83,10 @@ def read_jsonl(path: Path, known_ids: set[str]) -> list[dict[str, Any]]:
 
 
 def _hub_usable() -> bool:
-    from cookbook.models import _hub_reachable
+    from cookbook.models import hub_reachable
 
     offline = any(os.environ.get(v, "0") not in ("0", "", "false") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-    return not offline and _hub_reachable()
+    return not offline and hub_reachable()
 
 
 def load_ifeval_rows(source: IFEvalSource = "auto", data_file: str | None = None) -> tuple[list[dict[str, Any]], str]:
