@@ -1,0 +1,90 @@
+"""Model loading: the bundled GGUF model, local dirs, hub ids offline, tiny test models."""
+
+import time
+
+import pytest
+import torch
+
+from cookbook import models
+from cookbook.renderers import get_renderer
+
+
+def test_bundled_tokenizer_has_the_gguf_special_tokens(tokenizer):
+    # The GGUF metadata says eos = pad = <|im_end|> (id 2); some conversions get this wrong.
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|im_end|>"
+    assert tokenizer.eos_token_id == tokenizer.pad_token_id == 2
+
+
+def test_bundled_model_config_matches_the_file():
+    config_dir = models.bundled_model_dir()
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(config_dir)
+    assert config.eos_token_id == 2 and config.pad_token_id == 2
+    assert not hasattr(config, "quantization_config")
+    assert (config.hidden_size, config.num_hidden_layers, config.vocab_size) == (576, 30, 49152)
+
+
+def test_hub_id_offline_fails_fast_with_advice(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(models.ModelNotFoundError, match=r"Qwen/Qwen3-0.6B.*model_name=DIR"):
+        models.resolve_model_path("Qwen/Qwen3-0.6B")
+    assert time.perf_counter() - start < 10
+
+
+def test_hub_id_with_unreachable_hub_fails_fast(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    start = time.perf_counter()
+    with pytest.raises(models.ModelNotFoundError, match="cannot be reached"):
+        models.resolve_model_path("someone/some-model")
+    assert time.perf_counter() - start < 10
+
+
+def test_local_paths(tmp_path, tiny_model_dir):
+    assert models.resolve_model_path(tiny_model_dir) == tiny_model_dir
+    with pytest.raises(models.ModelNotFoundError, match="holds no config.json"):
+        models.resolve_model_path(str(tmp_path))
+    with pytest.raises(models.ModelNotFoundError, match="does not exist"):
+        models.resolve_model_path(str(tmp_path / "missing"))
+
+
+def test_dtype_and_device_choices():
+    assert models.resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert models.resolve_dtype("bfloat16") == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype='half' is not one of"):
+        models.resolve_dtype("half")
+
+
+def test_tiny_model_uses_the_real_vocabulary(tokenizer):
+    model = models.make_tiny_model(tokenizer, seed=3)
+    again = models.make_tiny_model(tokenizer, seed=3)
+    assert model.config.vocab_size == len(tokenizer)
+    for a, b in zip(model.parameters(), again.parameters()):
+        assert torch.equal(a, b)
+    logits = model(torch.tensor([[1, 2, 3]])).logits
+    assert logits.shape == (1, 3, len(tokenizer))
+
+
+@pytest.mark.slow
+def test_bundled_model_answers_a_simple_question():
+    model, tokenizer = models.load_model_and_tokenizer(device="cpu")
+    renderer = get_renderer("chatml", tokenizer)
+    prompt = renderer.build_generation_prompt([{"role": "user", "content": "What is the capital of France?"}])
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False,
+                         eos_token_id=renderer.get_stop_token_ids())
+    reply = renderer.parse_response(out[0, len(prompt):].tolist())
+    assert "Paris" in reply.message["content"]
+    assert reply.stop_reason == "stop_sequence"
+
+
+def test_second_load_reuses_the_converted_copy(monkeypatch):
+    first = models.bundled_model_dir()  # converted from the GGUF file once, then cached
+
+    def no_conversion():
+        raise AssertionError("the GGUF file was converted again")
+
+    monkeypatch.setattr(models, "bundled_gguf_path", no_conversion)
+    assert models.bundled_model_dir() == first
+    assert models.resolve_model_path(models.DEFAULT_MODEL) == str(first)
