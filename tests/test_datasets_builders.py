@@ -278,7 +278,8 @@ def test_missing_file_and_too_small_test_split_are_clear_errors(tmp_path):
 
 
 def test_shuffle_is_deterministic_and_max_pairs_counts_the_rest():
-    first, again, other = DemoBuilder(seed=1)(), DemoBuilder(seed=1)(), DemoBuilder(seed=2)()
+    full = {"max_pairs": None, "test_size": 200}
+    first, again, other = DemoBuilder(seed=1, **full)(), DemoBuilder(seed=1, **full)(), DemoBuilder(seed=2, **full)()
     assert first.train == again.train and first.test == again.test
     assert first.train != other.train and sorted(map(Comparison.key, first.train)) == sorted(
         map(Comparison.key, other.train)
@@ -286,6 +287,12 @@ def test_shuffle_is_deterministic_and_max_pairs_counts_the_rest():
     capped = DemoBuilder(seed=1, max_pairs=100, test_size=50)()
     assert capped.train == first.train[:100] and capped.test == first.test[:50]
     assert capped.unused_pairs == (len(first.train) - 100) + (len(first.test) - 50)
+
+
+def test_demo_defaults_size_the_quickstart():
+    splits = DemoBuilder()()
+    assert len(splits.train) == 320 and len(splits.test) == 64
+    assert splits.unused_pairs == (1200 - 320) + (200 - 64)
 
 
 def test_carved_test_split_never_overlaps_train(tmp_path):
@@ -297,7 +304,7 @@ def test_carved_test_split_never_overlaps_train(tmp_path):
 
 
 def test_demo_set_size_and_shape():
-    splits = DemoBuilder()()
+    splits = DemoBuilder(max_pairs=None, test_size=200)()
     assert splits.rows_read == {"train": 1200, "test": 200}
     assert len(splits.train) == 1200 and len(splits.test) == 200 and splits.skipped.total() == 0
     train_prompts = {json.dumps(pair.prompt) for pair in splits.train}

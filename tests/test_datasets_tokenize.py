@@ -123,7 +123,7 @@ def test_load_preference_data_counts_everything_and_prints_on_request(tmp_path, 
 
 
 def test_demo_pairs_are_short_and_all_kept(renderer):
-    data = load_preference_data(DemoBuilder(), renderer, max_length=128, verbose=False)
+    data = load_preference_data(DemoBuilder(max_pairs=None, test_size=200), renderer, max_length=128, verbose=False)
     assert len(data.train) == 1200 and len(data.test) == 200
     assert sum(data.summary.skipped.values()) == 0 and data.summary.truncated_pairs == 0
     longest = max(max(len(p.chosen), len(p.rejected)) for p in data.train + data.test)

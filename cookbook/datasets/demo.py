@@ -28,7 +28,14 @@ DEMO_FILES = {"train": DEMO_DATA_DIR / "demo_train.jsonl", "test": DEMO_DATA_DIR
 @register_builder("demo")
 @chz.chz
 class DemoBuilder(DPODatasetBuilder):
-    """The bundled demo pairs (explicit-prompt JSON Lines, splits train and test)."""
+    """The bundled demo pairs (explicit-prompt JSON Lines, splits train and test).
+
+    Its defaults size the no-argument quickstart for a 2-core CPU: 320 of the 1,200 training pairs
+    (20 steps of 16) already move held-out accuracy far from 0.5. `dataset.max_pairs=None` uses all.
+    """
+
+    test_size: int = chz.field(default=64, doc="held-out pairs from the bundled test split (200 available)")
+    max_pairs: int | None = chz.field(default=320, doc="training pairs to use (1,200 available; None = all)")
 
     def name(self) -> str:
         return "demo"

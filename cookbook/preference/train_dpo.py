@@ -75,7 +75,7 @@ class Config:
     micro_batch_size: int = chz.field(default=8, doc="Pairs per forward pass on one rank (accumulation follows)")
     num_epochs: int = chz.field(default=1, doc="Passes over the training pairs")
     max_steps: int | None = chz.field(default=None, doc="Stop after this many optimizer steps")
-    eval_every: int = chz.field(default=20, doc="Held-out eval every N steps (0: only at start and end)")
+    eval_every: int = chz.field(default=10, doc="Held-out eval every N steps (0: only at start and end)")
     save_every: int = chz.field(default=50, doc="Resumable checkpoint every N steps (0: only the final one)")
     seed: int = chz.field(default=0, doc="Seed for data order and initialisation")
     dtype: DType = chz.field(default="auto", doc="auto (bf16 on a capable GPU, else fp32), float32, bfloat16")
