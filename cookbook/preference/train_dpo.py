@@ -13,7 +13,6 @@ micro-batches; the loss is the sum over pairs divided by `batch_size`.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import time
@@ -26,6 +25,7 @@ from rich.console import Console
 from cookbook.datasets import DemoBuilder, DPODatasetBuilder, dataset_meta_factory, load_preference_data
 from cookbook.models import DEFAULT_MODEL, Device, DType, load_model_and_tokenizer, load_tokenizer
 from cookbook.preference.collate import Layout, make_collate
+from cookbook.preference.data_order import BatchSchedule
 from cookbook.preference.evaluation import evaluate_pairs
 from cookbook.preference.logprobs import SequenceLogprobModel
 from cookbook.preference.losses import LOSS_TYPES, LossType
@@ -133,9 +133,6 @@ def config_as_dict(config: Config) -> dict:
 def main(config: Config) -> Path | None:
     """Train; returns the final checkpoint directory (None on ranks other than 0, or when stopped early)."""
     info = dist_utils.init_distributed(config.device)
-    if config.batch_size % (config.micro_batch_size * info.world_size):
-        raise ValueError(f"batch_size={config.batch_size} must be a multiple of micro_batch_size x world_size "
-                         f"= {config.micro_batch_size} x {info.world_size}")
     try:
         return _train(config, info)
     finally:
@@ -145,16 +142,7 @@ def main(config: Config) -> Path | None:
 def _train(config: Config, info: dist_utils.DistInfo) -> Path | None:
     console = Console(quiet=not info.is_main)
     log_path = Path(config.log_path)
-    mode = None
-    if info.is_main:
-        check_log_path_creatable(config.log_path)
-        mode = decide_log_dir(config.log_path, config.behavior_if_log_dir_exists)
-    mode = dist_utils.broadcast_object(mode, info)
-    resume_entry = ckpt.latest_resumable_checkpoint(log_path) if mode == "resume" else None
-    if mode == "resume" and resume_entry is None:
-        console.print(f"[yellow]{log_path} holds no resumable checkpoint; starting from the beginning.")
-    if info.is_main and resume_entry is None:
-        (log_path / "config.json").write_text(json.dumps(config_as_dict(config), indent=2, default=str))
+    resume_entry = _prepare_log_dir(config, info, console)
     torch.manual_seed(config.seed)
     print_config(console, config_as_dict(config))
 
@@ -165,164 +153,183 @@ def _train(config: Config, info: dist_utils.DistInfo) -> Path | None:
                      or default_renderer_name(tokenizer))
     renderer = get_renderer(renderer_name, tokenizer)
     data = load_preference_data(config.dataset, renderer, config.max_length, console=console)
-    if not data.train:
-        raise ValueError("the dataset produced no training pairs (see the summary above)")
     if config.show_example and info.is_main:
         print_pair(console, tokenizer, data.train[0])
+    schedule = BatchSchedule(len(data.train), config.batch_size, config.micro_batch_size, config.num_epochs,
+                             config.max_steps, config.seed, info.rank, info.world_size)
 
     policy_source = resume_entry["path"] if resume_entry else start_name
-    steps_per_epoch = len(data.train) // config.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"batch_size={config.batch_size} is larger than the {len(data.train)} training pairs")
-    total_steps = steps_per_epoch * config.num_epochs
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    accumulation = config.batch_size // (config.micro_batch_size * info.world_size)
-
-    def micro_batches(step: int) -> list[list[int]]:
-        """This rank's micro-batches (pair ids) at `step`: every world_size-th pair of the global batch."""
-        mine = _global_batch(config, len(data.train), steps_per_epoch, step)[info.rank :: info.world_size]
-        size = config.micro_batch_size
-        return [mine[i * size : (i + 1) * size] for i in range(accumulation)]
-
     causal_lm, _ = load_model_and_tokenizer(policy_source, dtype=config.dtype, device=str(info.device))
     layout = make_collate(config.layout, tokenizer.pad_token_id, causal_lm)
-    settings = config.loss_settings
+    console.print(f"Batch layout: {layout.name}")
     reference = prepare_reference(config, info, console, causal_lm, reference_name, start_name,
                                   resumed=resume_entry is not None, data=data, collate=layout.collate,
-                                  train_batches=[ids for step in range(total_steps) for ids in micro_batches(step)])
+                                  train_batches=schedule.all_micro_batches())
 
     if config.gradient_checkpointing:
         causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     causal_lm.config.use_cache = False
-    policy = unwrapped_policy = SequenceLogprobModel(causal_lm)
-    strategy = dist_utils.choose_strategy(config.distributed, policy, info)
-    policy = dist_utils.wrap_model(policy, strategy, info, layers=list(causal_lm.get_decoder().layers))
+    unwrapped = SequenceLogprobModel(causal_lm)
+    strategy = dist_utils.choose_strategy(config.distributed, unwrapped, info)
+    policy = dist_utils.wrap_model(unwrapped, strategy, info, layers=list(causal_lm.get_decoder().layers))
     policy.train()
-
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
                                   fused=info.device.type == "cuda")
-    scheduler = make_scheduler(optimizer, total_steps, config.lr_schedule, config.warmup_steps)
-    start_step = 0
-    if resume_entry is not None:
-        state = torch.load(Path(resume_entry["path"]) / ckpt.TRAINING_STATE_NAME, weights_only=False)
-        dist_utils.load_full_optimizer_state_dict(policy, optimizer, state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        ckpt.restore_rng_state(state["rng"])
-        start_step = state["step"]
-        if info.is_main:
-            truncate_metrics(log_path, start_step)
-        console.print(f"[green]Resumed from {resume_entry['path']} at step {start_step}.")
+    scheduler = make_scheduler(optimizer, schedule.total_steps, config.lr_schedule, config.warmup_steps)
+    start_step = _restore_training_state(resume_entry, policy, optimizer, scheduler, log_path, info, console)
 
     logger = (MetricLogger(log_path, console, start_wandb(config.wandb_project, config_as_dict(config), str(log_path)))
               if info.is_main else NullMetricLogger())
     metadata = {"renderer_name": renderer_name, "base_model_name": start_name, "reference_model_name": reference_name}
-
-    # FSDP's full state dict repeats tied weights (lm_head = embed_tokens) under each name; a HF
-    # checkpoint stores them once.
-    first_name: dict[int, str] = {}
-    tied_aliases = set()
-    for name, param in unwrapped_policy.named_parameters(remove_duplicate=False):
-        if id(param) in first_name:
-            tied_aliases.add(name)
-        first_name.setdefault(id(param), name)
-
-    def save(name: str, step: int, resumable: bool) -> Path | None:
-        model_state = dist_utils.full_model_state_dict(policy)
-        optim_state = dist_utils.full_optimizer_state_dict(policy, optimizer) if resumable else None
-        path = None
-        if info.is_main:
-            training_state = ({"optimizer": optim_state, "scheduler": scheduler.state_dict(),
-                               "rng": ckpt.capture_rng_state(), "step": step} if resumable else None)
-            state = {k.removeprefix("causal_lm."): v for k, v in model_state.items() if k not in tied_aliases}
-            path = ckpt.save_checkpoint(log_path, name, step, state, causal_lm, tokenizer, metadata, training_state)
-            console.print(f"[green]Saved checkpoint {path}")
-        dist_utils.barrier(info)
-        return path
+    writer = CheckpointWriter(log_path, policy, unwrapped, optimizer, scheduler, tokenizer, metadata, info, console)
 
     def run_eval(step: int) -> None:
-        reference_test = reference.for_split("test")
-        metrics = evaluate_pairs(policy, data.test, layout.collate, config.micro_batch_size, settings,
-                                 reference_test, info)
-        logger.log_metrics(metrics, step)
+        if data.test:
+            logger.log_metrics(evaluate_pairs(policy, data.test, layout.collate, config.micro_batch_size,
+                                              config.loss_settings, reference.for_split("test"), info), step)
 
-    if data.test and start_step == 0:
+    if start_step == 0:
         logger.log_metrics(data.summary.as_metrics(), 0)
         run_eval(0)
-
-    reference_train = reference.for_split("train")
-    final_path = None
+    step_runner = StepRunner(config, info, policy, strategy, optimizer, scheduler, schedule, layout.collate,
+                             data.train, reference.for_split("train"))
+    total = schedule.total_steps
     with StopRequest() as stop:
-        for step in range(start_step, total_steps):
-            step_start = time.perf_counter()
-            sums, counts = {}, [0, 0, 0]
-            for micro, ids in enumerate(micro_batches(step)):
-                batch = layout.collate([data.train[i] for i in ids], ids).to(info.device)
-                with dist_utils.gradient_sync(policy, strategy, enabled=micro == accumulation - 1):
-                    result = preference_forward(policy, batch, settings, reference_train(batch) if reference_train else None)
-                    # DDP and FSDP average gradients over ranks; scale so the result is sum / batch_size.
-                    (result.loss_sum * (info.world_size / config.batch_size)).backward()
-                for key, value in result.metric_sums.items():
-                    sums[key] = sums.get(key, 0.0) + value
-                counts[0] += result.num_pairs
-                counts[1] += result.num_real_tokens
-                counts[2] += batch.num_slots
-            grad_norm = _clip_gradients(policy, config.max_grad_norm)
-            keys = sorted(sums)
-            totals = dist_utils.all_reduce_sum([sums[k] for k in keys] + counts + [float(stop.requested)], info)
-            means = {k: v / max(totals[len(keys)], 1) for k, v in zip(keys, totals)}
-            if not (math.isfinite(means["loss"]) and math.isfinite(grad_norm)):
-                optimizer.zero_grad(set_to_none=True)
-                raise TrainingDivergedError(
-                    f"step {step}: loss={means['loss']} grad_norm={grad_norm} is not finite; stopping without "
-                    f"updating. The last good checkpoint is in {log_path} (checkpoints.jsonl). Try a lower "
-                    "learning_rate or dtype=float32."
-                )
-            learning_rate = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            num_pairs, num_tokens, num_slots, stop_votes = totals[len(keys):]
-            batch_time = time.perf_counter() - step_start
-            metrics = {
-                "dpo_loss": means["loss"], "accuracy": means["accuracy"], "margin": means["margin"],
-                "chosen_reward": means["chosen_reward"], "rejected_reward": means["rejected_reward"],
-                "logp_accuracy": means["logp_accuracy"], "nll": means["nll"],
-                "learning_rate": learning_rate, "grad_norm": grad_norm, "num_pairs": int(num_pairs),
-                "num_tokens": int(num_tokens), "padding_fraction": 1 - num_tokens / max(num_slots, 1),
-                "batch_time": batch_time, "tokens_per_second": num_tokens / batch_time,
-                "progress": (step + 1) / total_steps, "epoch": step // steps_per_epoch,
-            }
+        for step in range(start_step, total):
+            metrics, stop_requested = step_runner.run(step, stop.requested)
             done = step + 1
             logger.log_metrics(metrics, done)
-            if data.test and config.eval_every and done % config.eval_every == 0 and done < total_steps:
+            if config.eval_every and done % config.eval_every == 0 and done < total:
                 run_eval(done)
-            if stop_votes > 0:
-                save(ckpt.checkpoint_name(done), done, resumable=True)
+            if stop_requested:
+                writer.save(ckpt.checkpoint_name(done), done, resumable=True)
                 console.print(f"[yellow]Stopped at step {done}. Resume with behavior_if_log_dir_exists=resume.")
                 logger.close()
                 return None
-            if config.save_every and done % config.save_every == 0 and done < total_steps:
-                save(ckpt.checkpoint_name(done), done, resumable=True)
-    if data.test:
-        run_eval(total_steps)
-    final_path = save("final", total_steps, resumable=False)
+            if config.save_every and done % config.save_every == 0 and done < total:
+                writer.save(ckpt.checkpoint_name(done), done, resumable=True)
+    run_eval(total)
+    final_path = writer.save("final", total, resumable=False)
     logger.close()
     return final_path
 
 
-@functools.lru_cache(maxsize=2)
-def _epoch_order(seed: int, epoch: int, num_pairs: int) -> tuple[int, ...]:
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return tuple(torch.randperm(num_pairs, generator=generator).tolist())
+def _prepare_log_dir(config: Config, info: dist_utils.DistInfo, console: Console) -> dict | None:
+    """Apply behavior_if_log_dir_exists (on rank 0, shared with all); the checkpoint to resume, if any."""
+    mode = None
+    if info.is_main:
+        check_log_path_creatable(config.log_path)
+        mode = decide_log_dir(config.log_path, config.behavior_if_log_dir_exists)
+    mode = dist_utils.broadcast_object(mode, info)
+    resume_entry = ckpt.latest_resumable_checkpoint(config.log_path) if mode == "resume" else None
+    if mode == "resume" and resume_entry is None:
+        console.print(f"[yellow]{config.log_path} holds no resumable checkpoint; starting from the beginning.")
+    if info.is_main and resume_entry is None:
+        (Path(config.log_path) / "config.json").write_text(json.dumps(config_as_dict(config), indent=2, default=str))
+    return resume_entry
 
 
-def _global_batch(config: Config, num_pairs: int, steps_per_epoch: int, step: int) -> list[int]:
-    """Pair ids of the global batch at `step`: a fresh seeded permutation each epoch, so the data
-    position is a pure function of the step (which is all resume needs)."""
-    epoch, offset = divmod(step, steps_per_epoch)
-    order = _epoch_order(config.seed, epoch, num_pairs)
-    return list(order[offset * config.batch_size : (offset + 1) * config.batch_size])
+def _restore_training_state(resume_entry, policy, optimizer, scheduler, log_path: Path,
+                            info: dist_utils.DistInfo, console: Console) -> int:
+    """Load optimizer, scheduler and RNG from a resumable checkpoint; returns the step to start at."""
+    if resume_entry is None:
+        return 0
+    state = torch.load(Path(resume_entry["path"]) / ckpt.TRAINING_STATE_NAME, weights_only=False)
+    dist_utils.load_full_optimizer_state_dict(policy, optimizer, state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    ckpt.restore_rng_state(state["rng"])
+    if info.is_main:
+        truncate_metrics(log_path, state["step"])  # steps after the checkpoint will be logged again
+    console.print(f"[green]Resumed from {resume_entry['path']} at step {state['step']}.")
+    return state["step"]
+
+
+class StepRunner:
+    """One optimizer step: the rank's micro-batches with gradient accumulation, clipping, the
+    divergence check, AdamW and the LR schedule; returns the step's metrics, averaged over ranks."""
+
+    def __init__(self, config: Config, info, policy, strategy: str, optimizer, scheduler,
+                 schedule: BatchSchedule, collate, train_pairs, reference):
+        self.config, self.info, self.policy, self.strategy = config, info, policy, strategy
+        self.optimizer, self.scheduler, self.schedule = optimizer, scheduler, schedule
+        self.collate, self.train_pairs, self.reference = collate, train_pairs, reference
+
+    def run(self, step: int, stop_requested: bool) -> tuple[dict, bool]:
+        config, info = self.config, self.info
+        start = time.perf_counter()
+        sums: dict[str, float] = {}
+        counts = [0, 0, 0]  # pairs, real tokens, slots paid for
+        micro_batches = self.schedule.micro_batches(step)
+        for index, ids in enumerate(micro_batches):
+            batch = self.collate([self.train_pairs[i] for i in ids], ids).to(info.device)
+            with dist_utils.gradient_sync(self.policy, self.strategy, enabled=index == len(micro_batches) - 1):
+                reference_logps = self.reference(batch) if self.reference else None
+                result = preference_forward(self.policy, batch, config.loss_settings, reference_logps)
+                # DDP and FSDP average gradients over ranks; scale so the result is sum / batch_size.
+                (result.loss_sum * (info.world_size / config.batch_size)).backward()
+            for key, value in result.metric_sums.items():
+                sums[key] = sums.get(key, 0.0) + value
+            counts = [counts[0] + result.num_pairs, counts[1] + result.num_real_tokens, counts[2] + batch.num_slots]
+        grad_norm = _clip_gradients(self.policy, config.max_grad_norm)
+        keys = sorted(sums)
+        # One collective for every metric and for the stop vote, so all ranks stop at the same step.
+        totals = dist_utils.all_reduce_sum([sums[k] for k in keys] + counts + [float(stop_requested)], info)
+        num_pairs, num_tokens, num_slots, stop_votes = totals[len(keys):]
+        means = {k: v / max(num_pairs, 1) for k, v in zip(keys, totals)}
+        if not (math.isfinite(means["loss"]) and math.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDivergedError(
+                f"step {step}: loss={means['loss']} grad_norm={grad_norm} is not finite; stopping without "
+                f"updating. The last good checkpoint is in {config.log_path} (checkpoints.jsonl). Try a lower "
+                "learning_rate or dtype=float32."
+            )
+        learning_rate = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        batch_time = time.perf_counter() - start
+        metrics = {
+            "dpo_loss": means["loss"], "accuracy": means["accuracy"], "margin": means["margin"],
+            "chosen_reward": means["chosen_reward"], "rejected_reward": means["rejected_reward"],
+            "logp_accuracy": means["logp_accuracy"], "nll": means["nll"],
+            "learning_rate": learning_rate, "grad_norm": grad_norm, "num_pairs": int(num_pairs),
+            "num_tokens": int(num_tokens), "padding_fraction": 1 - num_tokens / max(num_slots, 1),
+            "batch_time": batch_time, "tokens_per_second": num_tokens / batch_time,
+            "progress": (step + 1) / self.schedule.total_steps, "epoch": step // self.schedule.steps_per_epoch,
+        }
+        return metrics, stop_votes > 0
+
+
+class CheckpointWriter:
+    """Gathers the full weights (and optimizer state) on rank 0 and writes a checkpoint atomically."""
+
+    def __init__(self, log_path: Path, policy, unwrapped: SequenceLogprobModel, optimizer, scheduler,
+                 tokenizer, metadata: dict, info: dist_utils.DistInfo, console: Console):
+        self.log_path, self.policy, self.optimizer, self.scheduler = log_path, policy, optimizer, scheduler
+        self.causal_lm, self.tokenizer, self.metadata = unwrapped.causal_lm, tokenizer, metadata
+        self.info, self.console = info, console
+        # FSDP's full state dict repeats tied weights (lm_head = embed_tokens) under each name; a HF
+        # checkpoint stores them once.
+        seen: set[int] = set()
+        self.tied_aliases: set[str] = set()
+        for name, param in unwrapped.named_parameters(remove_duplicate=False):
+            if id(param) in seen:
+                self.tied_aliases.add(name)
+            seen.add(id(param))
+
+    def save(self, name: str, step: int, resumable: bool) -> Path | None:
+        model_state = dist_utils.full_model_state_dict(self.policy)
+        optim_state = dist_utils.full_optimizer_state_dict(self.policy, self.optimizer) if resumable else None
+        path = None
+        if self.info.is_main:
+            training_state = ({"optimizer": optim_state, "scheduler": self.scheduler.state_dict(),
+                               "rng": ckpt.capture_rng_state(), "step": step} if resumable else None)
+            weights = {k.removeprefix("causal_lm."): v for k, v in model_state.items() if k not in self.tied_aliases}
+            path = ckpt.save_checkpoint(self.log_path, name, step, weights, self.causal_lm, self.tokenizer,
+                                        self.metadata, training_state)
+            self.console.print(f"[green]Saved checkpoint {path}")
+        dist_utils.barrier(self.info)
+        return path
 
 
 def _clip_gradients(model: torch.nn.Module, max_norm: float) -> float:
