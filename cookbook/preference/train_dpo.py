@@ -293,7 +293,7 @@ class StepRunner:
             "chosen_reward": means["chosen_reward"], "rejected_reward": means["rejected_reward"],
             "logp_accuracy": means["logp_accuracy"], "nll": means["nll"],
             "learning_rate": learning_rate, "grad_norm": grad_norm, "num_pairs": int(num_pairs),
-            "num_tokens": int(num_tokens), "padding_fraction": 1 - num_tokens / max(num_slots, 1),
+            "num_tokens": int(num_tokens), "slot_fill": num_tokens / max(num_slots, 1),
             "batch_time": batch_time, "tokens_per_second": num_tokens / batch_time,
             "progress": (step + 1) / self.schedule.total_steps, "epoch": step // self.schedule.steps_per_epoch,
         }
