@@ -159,7 +159,11 @@ def _train(config: Config, info: dist_utils.DistInfo) -> Path | None:
                              config.max_steps, config.seed, info.rank, info.world_size)
 
     policy_source = resume_entry["path"] if resume_entry else start_name
-    causal_lm, _ = load_model_and_tokenizer(policy_source, dtype=config.dtype, device=str(info.device))
+    # On a GPU, flex attention turns packed and prefix-shared rows into block-sparse work; sdpa would
+    # run them over a dense mask.
+    attention = "flex_attention" if info.device.type == "cuda" and config.layout != "padded" else "sdpa"
+    causal_lm, _ = load_model_and_tokenizer(policy_source, dtype=config.dtype, device=str(info.device),
+                                            attn_implementation=attention)
     layout = make_collate(config.layout, tokenizer.pad_token_id, causal_lm)
     console.print(f"Batch layout: {layout.name}")
     reference = prepare_reference(config, info, console, causal_lm, reference_name, start_name,
