@@ -1,0 +1,21 @@
+"""Every module of the package imports (a missing import cannot hide in a rarely used module)."""
+
+import importlib
+import pkgutil
+
+import pytest
+
+import cookbook
+
+MODULES = sorted(m.name for m in pkgutil.walk_packages(cookbook.__path__, prefix="cookbook."))
+
+
+def test_the_package_has_the_expected_areas():
+    for area in ("cookbook.models", "cookbook.renderers", "cookbook.datasets", "cookbook.preference.train_dpo",
+                 "cookbook.eval.run_inspect_evals", "cookbook.recipes.preference.train", "cookbook.training.distributed"):
+        assert area in MODULES
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_module_imports(name):
+    importlib.import_module(name)
