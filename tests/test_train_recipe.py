@@ -219,3 +219,17 @@ def test_every_layout_trains_the_same(tmp_path, tiny_model_dir):
             assert a["margin"] == pytest.approx(b["margin"], abs=1e-5), layout
     # Real tokens per slot the forward paid for: padded < 1, packed = 1, prefix-shared > 1 (prompt once).
     assert runs["padded"][0]["slot_fill"] < 1 == runs["packed"][0]["slot_fill"] < runs["prefix_shared"][0]["slot_fill"]
+
+
+def test_trains_on_a_users_jsonl_given_only_its_path(tmp_path, tiny_model_dir):
+    rows = [{"prompt": f"What is {i} + {i}?", "chosen": str(2 * i), "rejected": str(2 * i + 1)} for i in range(12)]
+    data_file = tmp_path / "prefs.jsonl"
+    data_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    log_path = tmp_path / "own"
+    cli([f"log_path={log_path}", f"model_name={tiny_model_dir}", f"dataset={data_file}", "dataset.test_size=4",
+         "batch_size=4", "micro_batch_size=4", "max_steps=2", "show_example=false"])
+    config = json.loads((log_path / "config.json").read_text())
+    assert config["dataset"]["path"] == str(data_file) and config["dataset"]["builder"].endswith(":FileBuilder")
+    summary = next(r for r in read_metrics(log_path) if "data/train_pairs" in r)
+    assert summary["data/train_pairs"] == 8 and summary["data/test_pairs"] == 4
+    assert (log_path / "final" / "model.safetensors").exists()

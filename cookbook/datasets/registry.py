@@ -12,6 +12,7 @@ without `dataset=` (e.g. only `dataset.max_pairs=500`) applies to the default bu
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -94,8 +95,19 @@ def _resolve(spec: str) -> type[DPODatasetBuilder]:
     )
 
 
+DATA_FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")
+
+
+def _file_builder_for(path: str) -> Callable[..., Any]:
+    """`dataset=prefs.jsonl` is shorthand for `dataset=file dataset.path=prefs.jsonl`."""
+    from cookbook.datasets.file import FileBuilder
+
+    return functools.partial(FileBuilder, path=path)
+
+
 class DatasetMetaFactory(MetaFactory):
-    """chz meta-factory for a `DPODatasetBuilder` field: registered short names, then `module:Class`."""
+    """chz meta-factory for a `DPODatasetBuilder` field: registered short names, a data file's path,
+    then `module:Class`."""
 
     def __init__(self, default: str = DEFAULT_DATASET) -> None:
         super().__init__()
@@ -109,6 +121,8 @@ class DatasetMetaFactory(MetaFactory):
         return _resolve(self.default)
 
     def from_string(self, factory: str) -> Callable[..., Any]:
+        if factory.endswith(DATA_FILE_SUFFIXES) and ":" not in factory:
+            return _file_builder_for(factory)
         return _resolve(factory)
 
     def perform_cast(self, value: str):
