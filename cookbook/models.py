@@ -19,7 +19,6 @@ import os
 import shutil
 import socket
 import tempfile
-import time
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
@@ -235,9 +234,3 @@ def save_tiny_model(directory: str | Path, tokenizer, **kwargs) -> Path:
     tokenizer.save_pretrained(directory)
     return directory
 
-
-def timed_load(model_name: str = DEFAULT_MODEL) -> float:
-    """Seconds to load `model_name` (used to report first and second load times)."""
-    start = time.perf_counter()
-    load_model_and_tokenizer(model_name, device="cpu")
-    return time.perf_counter() - start

@@ -1,7 +1,8 @@
-"""Everything about processes: the process group, the rank-0 printer, wrapping, reductions.
+"""Everything about processes: the process group, wrapping (DDP, FSDP2), full state dicts, reductions.
 
 The same script runs as one process (`python -m ...`) or many (`torchrun --nproc_per_node N -m ...`);
-this is the only module that imports torch.distributed. Model, loss and data code stay unaware.
+this is the only module that imports torch.distributed. Model, loss and data code stay unaware; the
+trainer prints through a rich Console that is quiet on ranks other than 0.
 """
 
 from __future__ import annotations
@@ -54,11 +55,6 @@ def init_distributed(device: str = "auto") -> DistInfo:
 def shutdown_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def print0(*args, **kwargs) -> None:
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(*args, **kwargs)
 
 
 def choose_strategy(strategy: DistributedStrategy, model: nn.Module, info: DistInfo) -> str:
