@@ -40,6 +40,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
+from cookbook.datasets.tokenize import TokenizedPair as Pair
+from cookbook.datasets.tokenize import TokenizedSequence as Sequence
+
 LAYOUTS = ("padded", "packed", "prefix_shared")
 REFERENCE_MODES = ("precomputed", "in-step")
 MODEL_SHAPES = {
@@ -55,19 +58,6 @@ MODEL_SHAPES = {
 }
 # Dense bf16 tensor-core peaks (no sparsity), for MFU.
 GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
-
-
-@dataclass(frozen=True)
-class Sequence:
-    tokens: list[int]
-    weights: list[float]
-
-
-@dataclass(frozen=True)
-class Pair:
-    chosen: Sequence
-    rejected: Sequence
-    prompt_length: int
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,13 @@ the same position ids. The padded path (batching.collate_padded) is the referenc
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import pytest
 import torch
 
+from cookbook.datasets import TokenizedPair as Pair
+from cookbook.datasets import TokenizedSequence as Sequence
 from cookbook.preference import packing
 from cookbook.preference.batching import collate_padded
 from cookbook.preference.logprobs import SequenceLogprobModel
@@ -34,19 +36,6 @@ from cookbook.preference.step import LossSettings, pair_logps, preference_forwar
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-4}  # float32; logps are sums over up to ~100 tokens
 
 
-@dataclass(frozen=True)
-class Sequence:
-    tokens: list[int]
-    weights: list[float]
-
-
-@dataclass(frozen=True)
-class Pair:
-    """Same fields as the datasets' TokenizedPair: both sequences start with the prompt."""
-
-    chosen: Sequence
-    rejected: Sequence
-    prompt_length: int
 
 
 def make_pair(generator, prompt: int, chosen: int, rejected: int, vocab: int = 2000, prompt_weight: float = 0.0) -> Pair:
