@@ -233,3 +233,9 @@ def test_trains_on_a_users_jsonl_given_only_its_path(tmp_path, tiny_model_dir):
     summary = next(r for r in read_metrics(log_path) if "data/train_pairs" in r)
     assert summary["data/train_pairs"] == 8 and summary["data/test_pairs"] == 4
     assert (log_path / "final" / "model.safetensors").exists()
+
+
+def test_a_renderer_that_disagrees_with_the_model_template_warns(tmp_path, tiny_model_dir):
+    with pytest.warns(UserWarning, match="renderer 'role_colon' disagrees with the chat template"):
+        run(tmp_path, tiny_model_dir, "renderer_name=role_colon", "max_steps=1", "batch_size=4",
+            "micro_batch_size=4", "eval_every=0")

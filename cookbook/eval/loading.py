@@ -71,10 +71,13 @@ def resolve_model_spec(model_path: str, model_name: str | None = None, renderer_
 
 
 def load_renderer(renderer_name: str, tokenizer):
-    """Our renderer by name; an unknown name raises ValueError naming the option and the choices."""
-    from cookbook.renderers import get_renderer
+    """Our renderer by name; an unknown name raises ValueError naming the option and the choices.
+    Warns when the renderer disagrees with the model's own chat template."""
+    from cookbook.renderers import check_renderer_matches_template, get_renderer
 
     try:
-        return get_renderer(renderer_name, tokenizer)
+        renderer = get_renderer(renderer_name, tokenizer)
     except ValueError as error:
         raise ValueError(f"renderer_name={renderer_name!r}: {error}") from None
+    check_renderer_matches_template(renderer, tokenizer)
+    return renderer

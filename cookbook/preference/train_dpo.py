@@ -31,7 +31,7 @@ from cookbook.preference.logprobs import SequenceLogprobModel
 from cookbook.preference.losses import LOSS_TYPES, LossType
 from cookbook.preference.reference_setup import prepare_reference
 from cookbook.preference.step import LossSettings, preference_forward
-from cookbook.renderers import default_renderer_name, get_renderer
+from cookbook.renderers import check_renderer_matches_template, default_renderer_name, get_renderer
 from cookbook.training import checkpoint as ckpt
 from cookbook.training import distributed as dist_utils
 from cookbook.training.display import print_config, print_pair
@@ -152,6 +152,8 @@ def _train(config: Config, info: dist_utils.DistInfo) -> Path | None:
     renderer_name = (config.renderer_name or ckpt.read_metadata_renderer(start_name)
                      or default_renderer_name(tokenizer))
     renderer = get_renderer(renderer_name, tokenizer)
+    if info.is_main:
+        check_renderer_matches_template(renderer, tokenizer)  # warns when the formats differ
     data = load_preference_data(config.dataset, renderer, config.max_length, console=console)
     if config.show_example and info.is_main:
         print_pair(console, tokenizer, data.train[0])
