@@ -239,3 +239,24 @@ def test_a_renderer_that_disagrees_with_the_model_template_warns(tmp_path, tiny_
     with pytest.warns(UserWarning, match="renderer 'role_colon' disagrees with the chat template"):
         run(tmp_path, tiny_model_dir, "renderer_name=role_colon", "max_steps=1", "batch_size=4",
             "micro_batch_size=4", "eval_every=0")
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path, tiny_model_dir, monkeypatch):
+    args = ("max_steps=1", "batch_size=4", "micro_batch_size=4", "eval_every=0")
+    log_path = run(tmp_path, tiny_model_dir, *args)
+    before = (log_path / "metrics.jsonl").read_text(), (log_path / "final" / "model.safetensors").stat().st_mtime_ns
+    monkeypatch.setattr(train_dpo, "load_model_and_tokenizer", lambda *a, **k: pytest.fail("model loaded"))
+    assert cli([f"log_path={log_path}", f"model_name={tiny_model_dir}", *FAST, *args,
+                "behavior_if_log_dir_exists=resume"]) == log_path / "final"
+    after = (log_path / "metrics.jsonl").read_text(), (log_path / "final" / "model.safetensors").stat().st_mtime_ns
+    assert before == after
+
+
+def test_resume_without_a_checkpoint_starts_over_with_a_clean_log(tmp_path, tiny_model_dir):
+    log_path = tmp_path / "run"
+    log_path.mkdir()
+    (log_path / "metrics.jsonl").write_text(json.dumps({"step": 7, "dpo_loss": 9.0}) + "\n")
+    run(tmp_path, tiny_model_dir, "max_steps=1", "batch_size=4", "micro_batch_size=4", "eval_every=0",
+        "behavior_if_log_dir_exists=resume")
+    steps = [r["step"] for r in read_metrics(log_path)]
+    assert 7 not in steps and steps[-1] == 1

@@ -44,6 +44,14 @@ class TrainingDivergedError(RuntimeError):
     pass
 
 
+class RunFinished(Exception):
+    """Resuming a run whose final checkpoint already exists: nothing left to do."""
+
+    def __init__(self, final_path: Path):
+        super().__init__(str(final_path))
+        self.final_path = final_path
+
+
 @chz.chz
 class Config:
     log_path: str = chz.field(default="runs/dpo", doc="Directory for config.json, metrics.jsonl, checkpoints")
@@ -135,6 +143,9 @@ def main(config: Config) -> Path | None:
     info = dist_utils.init_distributed(config.device)
     try:
         return _train(config, info)
+    except RunFinished as finished:
+        Console(quiet=not info.is_main).print(f"[green]{config.log_path} already finished: {finished.final_path}")
+        return finished.final_path if info.is_main else None
     finally:
         dist_utils.shutdown_distributed()
 
@@ -221,16 +232,23 @@ def _train(config: Config, info: dist_utils.DistInfo) -> Path | None:
 
 
 def _prepare_log_dir(config: Config, info: dist_utils.DistInfo, console: Console) -> dict | None:
-    """Apply behavior_if_log_dir_exists (on rank 0, shared with all); the checkpoint to resume, if any."""
+    """Apply behavior_if_log_dir_exists (on rank 0, shared with all); the checkpoint to resume, if any.
+    Raises RunFinished when resuming a run that already wrote its final checkpoint."""
     mode = None
     if info.is_main:
         check_log_path_creatable(config.log_path)
         mode = decide_log_dir(config.log_path, config.behavior_if_log_dir_exists)
     mode = dist_utils.broadcast_object(mode, info)
-    resume_entry = ckpt.latest_resumable_checkpoint(config.log_path) if mode == "resume" else None
-    if mode == "resume" and resume_entry is None:
-        console.print(f"[yellow]{config.log_path} holds no resumable checkpoint; starting from the beginning.")
+    resume_entry = None
+    if mode == "resume":
+        final = ckpt.final_checkpoint(config.log_path)
+        if final is not None:
+            raise RunFinished(final)
+        resume_entry = ckpt.latest_resumable_checkpoint(config.log_path)
+        if resume_entry is None:
+            console.print(f"[yellow]{config.log_path} holds no resumable checkpoint; starting from the beginning.")
     if info.is_main and resume_entry is None:
+        truncate_metrics(config.log_path, -1)  # a fresh start logs from step 0 again
         (Path(config.log_path) / "config.json").write_text(json.dumps(config_as_dict(config), indent=2, default=str))
     return resume_entry
 

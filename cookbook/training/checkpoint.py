@@ -84,6 +84,14 @@ def latest_resumable_checkpoint(log_path: str | Path) -> dict | None:
     return None
 
 
+def final_checkpoint(log_path: str | Path) -> Path | None:
+    """The `final` checkpoint when it is the newest one recorded (the run finished)."""
+    index = read_index(log_path)
+    if index and index[-1]["name"] == "final" and (Path(index[-1]["path"]) / "config.json").exists():
+        return Path(index[-1]["path"])
+    return None
+
+
 def read_metadata(checkpoint_dir: str | Path) -> dict:
     path = Path(checkpoint_dir) / METADATA_NAME
     return json.loads(path.read_text()) if path.exists() else {}
