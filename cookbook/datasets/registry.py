@@ -21,6 +21,7 @@ from chz.factories import MetaFactory, MetaFromString
 from chz.tiepin import CastError
 
 from cookbook.datasets.builder import DPODatasetBuilder
+from cookbook.datasets.files import SUPPORTED_SUFFIXES
 
 DEFAULT_DATASET = "demo"
 # Modules whose import registers the built-in builders (kept lazy so importing the registry stays cheap
@@ -95,9 +96,6 @@ def _resolve(spec: str) -> type[DPODatasetBuilder]:
     )
 
 
-DATA_FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")
-
-
 def _file_builder_for(path: str) -> Callable[..., Any]:
     """`dataset=prefs.jsonl` is shorthand for `dataset=file dataset.path=prefs.jsonl`."""
     from cookbook.datasets.file import FileBuilder
@@ -121,7 +119,7 @@ class DatasetMetaFactory(MetaFactory):
         return _resolve(self.default)
 
     def from_string(self, factory: str) -> Callable[..., Any]:
-        if factory.endswith(DATA_FILE_SUFFIXES) and ":" not in factory:
+        if factory.lower().endswith(SUPPORTED_SUFFIXES) and ":" not in factory:
             return _file_builder_for(factory)
         return _resolve(factory)
 

@@ -17,7 +17,6 @@ checkers of the registry). `source="bundled"` or `"hub"` force one; `data_file=`
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -83,10 +82,10 @@ def read_jsonl(path: Path, known_ids: set[str]) -> list[dict[str, Any]]:
 
 
 def _hub_usable() -> bool:
+    from cookbook.datasets.hub import hub_offline
     from cookbook.models import hub_reachable
 
-    offline = any(os.environ.get(v, "0") not in ("0", "", "false") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-    return not offline and hub_reachable()
+    return not hub_offline() and hub_reachable()
 
 
 def load_ifeval_rows(source: IFEvalSource = "auto", data_file: str | None = None) -> tuple[list[dict[str, Any]], str]:
