@@ -106,9 +106,10 @@ def data_key(train_pairs: Sequence, test_pairs: Sequence) -> str:
     return hashlib.sha256((data_fingerprint(train_pairs) + data_fingerprint(test_pairs)).encode()).hexdigest()
 
 
-def cache_key(reference_name: str, reference_fingerprint: str, train_pairs: Sequence, test_pairs: Sequence) -> str:
+def cache_key(reference_name: str, reference_fingerprint: str, data_key_value: str) -> str:
+    """Key of a cache entry: the reference model (name and weights) and the data (`data_key`)."""
     digest = hashlib.sha256()
-    for part in (reference_name, reference_fingerprint, data_key(train_pairs, test_pairs)):
+    for part in (reference_name, reference_fingerprint, data_key_value):
         digest.update(part.encode())
     return digest.hexdigest()
 

@@ -70,7 +70,7 @@ def prepare_reference(config, info, console: Console, policy_lm, reference_name:
         return ReferenceSource(tables={split: cached[split] for split in needed})
 
     reference_model = load_reference()
-    key = ref.cache_key(reference_name, ref.model_fingerprint(reference_model), data.train, data.test)
+    key = ref.cache_key(reference_name, ref.model_fingerprint(reference_model), data_key)
     if cached is None and info.is_main:
         cached = ref.load_cached(config.log_path, key=key)
     cached = dist_utils.broadcast_object(cached, info)
