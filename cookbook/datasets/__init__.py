@@ -21,6 +21,7 @@ from cookbook.datasets.comparison import (
 )
 from cookbook.datasets.demo import DemoBuilder
 from cookbook.datasets.file import FileBuilder, MalformedRowError
+from cookbook.datasets.files import DataFileError
 from cookbook.datasets.helpsteer3 import HelpSteer3Builder
 from cookbook.datasets.hhh import HHHBuilder, parse_transcript
 from cookbook.datasets.hub import DatasetUnavailableError, HubDatasetBuilder
@@ -47,6 +48,7 @@ __all__ = [
     "Comparison",
     "ComparisonSplits",
     "DPODatasetBuilder",
+    "DataFileError",
     "DatasetMetaFactory",
     "DatasetSummary",
     "DatasetUnavailableError",

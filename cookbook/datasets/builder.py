@@ -26,13 +26,14 @@ import chz
 
 from cookbook.datasets.comparison import Comparison, Skip, check_comparison
 from cookbook.datasets.files import FileRow
+from cookbook.errors import UserError
 
 # Exceptions a row parser may raise on a row whose schema is not what it expects; they become
 # `malformed` skips (with the error as the example) instead of stopping a long load halfway.
 ROW_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError)
 
 
-class NoUsablePairsError(ValueError):
+class NoUsablePairsError(UserError, ValueError):
     """Every row of a split was skipped, or too few remain for the requested test split."""
 
 
@@ -120,7 +121,7 @@ class DPODatasetBuilder:
         train, rows_read[train_split] = self._convert_split(train_split, skipped)
         _shuffle(train, self.seed, train_split)
         if test_split is None:
-            if self.test_size and len(train) <= self.test_size:
+            if self.test_size and 0 < len(train) <= self.test_size:
                 raise NoUsablePairsError(
                     f"{self.name()}: only {len(train)} usable pairs, so carving out dataset.test_size="
                     f"{self.test_size} test pairs leaves none to train on; lower dataset.test_size. "

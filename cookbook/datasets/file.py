@@ -23,9 +23,10 @@ from cookbook.datasets.builder import DPODatasetBuilder
 from cookbook.datasets.comparison import Comparison, Skip, comparison_from_conversations, to_messages
 from cookbook.datasets.files import read_rows
 from cookbook.datasets.registry import register_builder
+from cookbook.errors import UserError
 
 
-class MalformedRowError(ValueError):
+class MalformedRowError(UserError, ValueError):
     """A row of a local preference file that does not follow either layout."""
 
 

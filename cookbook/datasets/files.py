@@ -1,19 +1,36 @@
 """Reading rows from local JSONL, JSON or Parquet files, remembering where each row came from.
 
 Every row keeps a location ("train.jsonl:12") so that an error can name the exact line. A line that
-is not valid JSON is returned with its error instead of raising, so callers decide whether it is
-fatal or a counted skip.
+is not valid JSON (or not valid UTF-8) is returned with its error instead of raising, so callers
+decide whether it is fatal or a counted skip. A file that cannot be read as a whole (missing, a
+directory, empty, not really gzip, not UTF-8 where it must be) raises `DataFileError` naming it.
+
+Files are read as UTF-8; a byte-order mark at the start (Windows editors write one) is dropped.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cookbook.errors import UserError
+
 SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
+UTF8_BOM = b"\xef\xbb\xbf"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+class DataFileError(UserError, ValueError):
+    """A local data file that cannot be read as a whole; the message names the file (and line)."""
+
+
+class DataFileNotFoundError(DataFileError, FileNotFoundError):
+    pass
 
 
 @dataclass(frozen=True)
@@ -24,60 +41,115 @@ class FileRow:
 
 
 def read_rows(path: str | Path) -> list[FileRow]:
-    """All rows of one local file; raises FileNotFoundError / ValueError naming the file."""
+    """All rows of one local file; raises DataFileError naming the file when it cannot be read."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"Preference data file {str(path)!r} does not exist")
+    if not path.exists():
+        raise DataFileNotFoundError(f"data file {str(path)!r} does not exist")
+    if path.is_dir():
+        raise DataFileError(f"{path} is a directory; give a data file ({', '.join(SUPPORTED_SUFFIXES)})")
     name = path.name.lower()
-    if name.endswith((".jsonl", ".jsonl.gz")):
-        return _read_json_lines(path)
-    if name.endswith((".json", ".json.gz")):
-        return _read_json(path)
-    if name.endswith(".parquet"):
-        return _read_parquet(path)
-    raise ValueError(f"{path}: unsupported file type; expected one of {', '.join(SUPPORTED_SUFFIXES)}")
+    if not name.endswith(SUPPORTED_SUFFIXES):
+        raise DataFileError(f"{path}: unsupported file type; expected one of {', '.join(SUPPORTED_SUFFIXES)}")
+    try:
+        if name.endswith((".jsonl", ".jsonl.gz")):
+            rows = _read_json_lines(path)
+        elif name.endswith((".json", ".json.gz")):
+            rows = _read_json(path)
+        else:
+            rows = _read_parquet(path)
+    except PermissionError as error:
+        raise DataFileError(f"{path} cannot be read: {error.strerror}") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        raise DataFileError(_gzip_problem(path, error)) from None
+    if not rows:
+        raise DataFileError(f"{path} is empty: it holds no rows")
+    return rows
 
 
-def _open_text(path: Path):
-    if path.name.lower().endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
+def _gzip_problem(path: Path, error: Exception) -> str:
+    if isinstance(error, gzip.BadGzipFile) and "Not a gzipped file" in str(error):
+        return f"{path} is not gzip-compressed although its name ends in .gz; rename it without .gz or compress it"
+    if isinstance(error, EOFError):
+        return f"{path}: the gzip data ends early (the file is truncated)"
+    return f"{path}: corrupt gzip data ({error})"
+
+
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")
+
+
+def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of each line, the byte-order mark dropped; refuses UTF-16."""
+    with _open_binary(path) as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            if line_number == 1:
+                _check_not_utf16(path, raw)
+                raw = raw.removeprefix(UTF8_BOM)
+            yield line_number, raw
+
+
+def _check_not_utf16(path: Path, start: bytes) -> None:
+    if start.startswith(UTF16_BOMS):
+        raise DataFileError(f"{path} is UTF-16 encoded; save it as UTF-8")
 
 
 def _read_json_lines(path: Path) -> list[FileRow]:
     rows = []
-    with _open_text(path) as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            location = f"{path}:{line_number}"
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as error:
-                rows.append(FileRow(location, None, f"invalid JSON ({error.msg} at column {error.colno})"))
-                continue
-            rows.append(_as_row(location, data))
+    for line_number, raw in _raw_lines(path):
+        location = f"{path}:{line_number}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            rows.append(FileRow(location, None, _not_utf8(raw[error.start], error.start + 1)))
+            continue
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as error:
+            rows.append(FileRow(location, None, f"invalid JSON ({error.msg} at column {error.colno})"))
+            continue
+        rows.append(_as_row(location, data))
     return rows
 
 
+def _not_utf8(byte: int, column: int) -> str:
+    return f"not valid UTF-8 (byte 0x{byte:02x} at byte {column} of the line); save the file as UTF-8"
+
+
 def _read_json(path: Path) -> list[FileRow]:
-    with _open_text(path) as handle:
-        text = handle.read()
+    with _open_binary(path) as handle:
+        raw = handle.read()
+    _check_not_utf16(path, raw)
+    raw = raw.removeprefix(UTF8_BOM)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line_number = raw.count(b"\n", 0, error.start) + 1
+        column = error.start - raw.rfind(b"\n", 0, error.start)
+        raise DataFileError(f"{path}:{line_number}: {_not_utf8(raw[error.start], column)}") from None
+    if not text.strip():
+        return []
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from None
+        raise DataFileError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]  # the {"data": [...]} layout some exporters write
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON array of objects (or JSON Lines in a .jsonl file)")
+        raise DataFileError(f"{path}: expected a JSON array of objects (or JSON Lines in a .jsonl file)")
     return [_as_row(f"{path}[{index}]", item) for index, item in enumerate(data)]
 
 
 def _read_parquet(path: Path) -> list[FileRow]:
+    import pyarrow
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except pyarrow.ArrowException as error:
+        problem = "it is empty" if path.stat().st_size == 0 else f"not a Parquet file ({error})"
+        raise DataFileError(f"{path}: {problem}") from None
     return [_as_row(f"{path}[{index}]", item) for index, item in enumerate(table.to_pylist())]
 
 

@@ -19,12 +19,13 @@ import chz
 
 from cookbook.datasets.builder import DPODatasetBuilder
 from cookbook.datasets.files import read_rows
+from cookbook.errors import UserError
 from cookbook.models import hub_reachable
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
-class DatasetUnavailableError(RuntimeError):
+class DatasetUnavailableError(UserError, RuntimeError):
     """A hub data set that is neither cached locally nor reachable."""
 
 

@@ -7,8 +7,9 @@
 Writes inspect's own logs (view them with `inspect view --log-dir DIR`) and `summary.json` to
 `log_dir` (default: `<model_path>/inspect-logs` when model_path is a directory we can write, else
 `./inspect-logs`), prints a table of every task's headline metrics, and exits with status 1 when
-any task ended in error. inspect's `eval()` reports a failed task as a log with status "error"
-instead of raising, so the exit status is computed from the logs.
+any task ended in error (2, with one `error: ...` line, for a bad option or a missing model; see
+`cookbook/cli.py`). inspect's `eval()` reports a failed task as a log with status "error" instead of
+raising, so the exit status is computed from the logs.
 
 Models are served by the `cookbook` provider (`provider.py`), which renders with our renderer and
 batches concurrent requests; `max_connections` is passed to inspect explicitly because inspect's
@@ -24,6 +25,8 @@ from typing import Literal
 
 import chz
 
+from cookbook.cli import run_cli
+from cookbook.errors import InvalidOptionError, UserError
 from cookbook.models import DEFAULT_MODEL
 
 DisplayType = Literal["full", "conversation", "rich", "plain", "log", "none"]
@@ -56,7 +59,7 @@ class EvalConfig:
     display: DisplayType = chz.field(default="full", doc="inspect's progress display")
 
 
-class EvalRunError(RuntimeError):
+class EvalRunError(UserError, RuntimeError):
     """A problem with the command's options, reported before any model is loaded."""
 
 
@@ -77,8 +80,11 @@ def check_model_and_renderer(model_path: str, model_name: str | None, renderer_n
         tokenizer = load_tokenizer(model_path)
     except ModelNotFoundError as error:
         raise ModelNotFoundError(f"{option}={model_path!r}: {error}") from None
-    spec = resolve_model_spec(model_path, model_name, renderer_name, tokenizer=tokenizer)
-    load_renderer(spec.renderer_name, tokenizer)
+    try:
+        spec = resolve_model_spec(model_path, model_name, renderer_name, tokenizer=tokenizer)
+        load_renderer(spec.renderer_name, tokenizer)
+    except ValueError as error:  # an unknown renderer, an unreadable cookbook_checkpoint.json
+        raise InvalidOptionError(str(error)) from None
     return spec.renderer_name
 
 
@@ -188,11 +194,4 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from cookbook.eval.tasks import UnknownTaskError
-    from cookbook.models import ModelNotFoundError
-
-    try:
-        sys.exit(cli(sys.argv[1:]))
-    except (EvalRunError, UnknownTaskError, ModelNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_cli(main))

@@ -1,18 +1,24 @@
 """Task names the `run_inspect_evals` command understands.
 
 - Our bundled tasks: `cookbook/ifeval`, `cookbook/preference` (they work with no network).
-- `inspect_evals/ifeval` is mapped to `cookbook/ifeval` with a printed note: the inspect_evals
-  package is not on PyPI, and ours scores with the same checkers.
+- `inspect_evals/<task>` runs the task of the `inspect-evals` package (PyPI) when it is installed.
+  `inspect_evals/ifeval` needs more than the package: its IFEval extra (`instruction_following_eval`,
+  installable only from git) and the hub (it downloads google/IFEval). Where either is missing, or
+  the package is, it runs our `cookbook/ifeval` instead, which scores with the same checkers on
+  bundled prompts; a printed note says which one ran and why.
 - Any other name is handed to inspect unchanged (`inspect_evals/<task>`, `path/to/file.py@task`),
   after checking that inspect can find it, so a typo fails before a model is loaded.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 from collections.abc import Callable
 
 from inspect_ai import Task
 
+from cookbook.errors import UserError
 from cookbook.eval.ifeval import ifeval
 from cookbook.eval.preference import preference
 
@@ -21,13 +27,14 @@ BUNDLED_TASKS: dict[str, Callable[..., Task]] = {
     "cookbook/preference": preference,
 }
 ALIASES = {
-    "inspect_evals/ifeval": "cookbook/ifeval",
     "ifeval": "cookbook/ifeval",
     "preference": "cookbook/preference",
 }
+INSPECT_EVALS_IFEVAL = "inspect_evals/ifeval"
+INSTALL_INSPECT_EVALS = "pip install inspect-evals, or pip install 'cookbook[inspect-evals]'"
 
 
-class UnknownTaskError(ValueError):
+class UnknownTaskError(UserError, ValueError):
     """A task name that is neither bundled nor resolvable by inspect."""
 
 
@@ -38,13 +45,42 @@ def split_task_names(tasks: str) -> list[str]:
     return names
 
 
+def inspect_evals_version() -> str | None:
+    """The installed inspect-evals version, or None when the package is not importable."""
+    if importlib.util.find_spec("inspect_evals") is None:
+        return None
+    try:
+        return importlib.metadata.version("inspect-evals")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown version"
+
+
+def ifeval_choice(package_version: str | None, has_ifeval_extra: bool, hub_offline: bool) -> tuple[str, str]:
+    """(task to run, note saying which IFEval that is and why) for `inspect_evals/ifeval`."""
+    if package_version is None:
+        reason = f"the inspect_evals package is not installed ({INSTALL_INSPECT_EVALS})"
+    elif not has_ifeval_extra:
+        reason = (f"inspect-evals {package_version} is installed without its IFEval dependency "
+                  "instruction_following_eval, which installs only from git "
+                  "(pip install git+https://github.com/josejg/instruction_following_eval)")
+    elif hub_offline:
+        reason = "the hub is offline (HF_HUB_OFFLINE) and inspect_evals/ifeval downloads google/IFEval"
+    else:
+        return INSPECT_EVALS_IFEVAL, f"note: {INSPECT_EVALS_IFEVAL}: running inspect-evals {package_version}'s task"
+    return "cookbook/ifeval", (f"note: {INSPECT_EVALS_IFEVAL}: running cookbook/ifeval instead (bundled "
+                               f"prompts, the same IFEval checkers): {reason}")
+
+
 def canonical_task_name(name: str) -> str:
-    """Our name for `name`, printing a note when an alias maps it to a bundled task."""
-    target = ALIASES.get(name, name)
-    if target != name and name.startswith("inspect_evals/"):
-        print(f"note: {name} needs the inspect_evals package (not on PyPI); running {target} instead, "
-              "which uses the same IFEval checkers")
-    return target
+    """Our name for `name`, printing a note when `inspect_evals/ifeval` is decided."""
+    if name == INSPECT_EVALS_IFEVAL:
+        from cookbook.datasets.hub import hub_offline
+
+        has_extra = importlib.util.find_spec("instruction_following_eval") is not None
+        target, note = ifeval_choice(inspect_evals_version(), has_extra, hub_offline())
+        print(note)
+        return target
+    return ALIASES.get(name, name)
 
 
 def check_passthrough_task(name: str) -> None:
@@ -57,11 +93,9 @@ def check_passthrough_task(name: str) -> None:
 
     hint = f"bundled tasks: {', '.join(BUNDLED_TASKS)}; or any task inspect can load (e.g. inspect_evals/<task>)"
     package = name.split("/")[0] if "/" in name else None
-    if package == "inspect_evals":
-        import importlib.util
-
-        if importlib.util.find_spec("inspect_evals") is None:
-            raise UnknownTaskError(f"task {name!r} needs the inspect_evals package, which is not installed ({hint})")
+    if package == "inspect_evals" and inspect_evals_version() is None:
+        raise UnknownTaskError(f"task {name!r} needs the inspect_evals package, which is not installed "
+                               f"({INSTALL_INSPECT_EVALS}; {hint})")
     if registry_lookup("task", name) is not None or name.startswith("hf/"):
         return
     file, _ = parse_spec_str(name)

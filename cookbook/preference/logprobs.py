@@ -12,6 +12,8 @@ extra memory is one [chunk x vocab] float32 block instead of [tokens x vocab]; t
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -136,11 +138,15 @@ class SequenceLogprobModel(nn.Module):
     LM head (which we call as a matmul on a subset of positions rather than through `lm_head`).
     """
 
-    def __init__(self, causal_lm: nn.Module, chunk_size: int = DEFAULT_CHUNK_SIZE, use_chunked_head: bool = True):
+    def __init__(self, causal_lm: nn.Module, chunk_size: int = DEFAULT_CHUNK_SIZE, use_chunked_head: bool = True,
+                 compute_context: Callable[[], contextlib.AbstractContextManager] | None = None):
         super().__init__()
         self.causal_lm = causal_lm
         self.chunk_size = chunk_size
         self.use_chunked_head = use_chunked_head and supports_chunked_head(causal_lm)
+        # The decoder runs inside this context (autocast in the mixed precisions); the LM head and
+        # everything after it run outside, in float32.
+        self.compute_context = compute_context or contextlib.nullcontext
 
     def forward(
         self,
@@ -150,19 +156,22 @@ class SequenceLogprobModel(nn.Module):
         position_ids: Tensor | None = None,
     ) -> SequenceLogprobs:
         if not self.use_chunked_head:
-            logits = self.causal_lm(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-            ).logits
+            with self.compute_context():
+                logits = self.causal_lm(
+                    input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+                ).logits
             flat_logits = logits.reshape(-1, logits.shape[-1])[loss_tokens.hidden_index]
             token_logps = naive_token_logprobs(flat_logits, loss_tokens.target_ids)
             return _reduce_to_sequences(token_logps, loss_tokens)
-        decoder = self.causal_lm.get_decoder()
-        hidden = decoder(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        ).last_hidden_state
+        with self.compute_context():
+            hidden = self.causal_lm.get_decoder()(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            ).last_hidden_state
         selected = hidden.reshape(-1, hidden.shape[-1])[loss_tokens.hidden_index]
-        weight = self.causal_lm.get_output_embeddings().weight
-        token_logps = chunked_token_logprobs(selected, weight, loss_tokens.target_ids, self.chunk_size)
+        # A float32 head: bf16 logits would add about half again to the per-token log-prob error
+        # of the bf16 decoder (README, "Precision"); the head only sees loss positions, so it is cheap.
+        weight = self.causal_lm.get_output_embeddings().weight.float()
+        token_logps = chunked_token_logprobs(selected.float(), weight, loss_tokens.target_ids, self.chunk_size)
         return _reduce_to_sequences(token_logps, loss_tokens)
 
 

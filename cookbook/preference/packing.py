@@ -23,6 +23,9 @@ All layouts produce the same `PairBatch` contract (rows, LossTokens, chosen/reje
 indices), so `preference_forward` and `SequenceLogprobModel` serve them unchanged, and every layout
 gives the same per-pair log-probs as the padded one up to float rounding.
 
+`place_segments` and `sequence_loss_tokens` are the layout-independent part (rows of segments,
+loss tokens from token placements); supervised packing (cookbook/supervised/collate.py) uses them too.
+
 `length_grouped_order` reorders an epoch so that each batch holds pairs of similar length (less
 padding in padded rows, fuller packed rows); `pack_rows` fills rows of a token budget.
 """
@@ -199,10 +202,23 @@ def length_grouped_order(
 
 
 @dataclass
-class _Segment:
+class PackedSegment:
+    """A run of tokens that attend to each other causally (and to their `prefix` segment)."""
+
     tokens: Tensor
     positions: Tensor
-    prefix: int  # index (within its pair) of the segment it may also see, or NO_PREFIX
+    prefix: int  # index (within its item) of the segment it may also see, or NO_PREFIX
+
+
+@dataclass
+class PlacedRows:
+    """Rows filled by `place_segments`; `starts[i]` is the flat [R*T] slot of item i's first token."""
+
+    input_ids: Tensor
+    position_ids: Tensor
+    segment_ids: Tensor
+    prefix_segment_ids: Tensor
+    starts: list[int]
 
 
 def _as_long(values) -> Tensor:
@@ -226,30 +242,74 @@ def _check_pair(pair, pair_id: int, need_shared_prompt: bool) -> None:
         )
 
 
-def _packed_segments(pair) -> tuple[list[_Segment], list[Tensor]]:
+def _packed_segments(pair) -> tuple[list[PackedSegment], list[Tensor]]:
     """Two segments (chosen, rejected), each with positions from 0; placements are offsets into the pair."""
     segments, offsets, start = [], [], 0
     for seq in (pair.chosen, pair.rejected):
         n = len(seq.tokens)
-        segments.append(_Segment(_as_long(seq.tokens), torch.arange(n), NO_PREFIX))
+        segments.append(PackedSegment(_as_long(seq.tokens), torch.arange(n), NO_PREFIX))
         offsets.append(start + torch.arange(n))
         start += n
     return segments, offsets
 
 
-def _prefix_shared_segments(pair) -> tuple[list[_Segment], list[Tensor]]:
+def _prefix_shared_segments(pair) -> tuple[list[PackedSegment], list[Tensor]]:
     """[prompt, chosen completion, rejected completion]; completions see segment 0 (the prompt)."""
     p = pair.prompt_length
     chosen, rejected = _as_long(pair.chosen.tokens), _as_long(pair.rejected.tokens)
     c, r = len(chosen) - p, len(rejected) - p
     segments = [
-        _Segment(chosen[:p], torch.arange(p), NO_PREFIX),
-        _Segment(chosen[p:], p + torch.arange(c), 0),
-        _Segment(rejected[p:], p + torch.arange(r), 0),
+        PackedSegment(chosen[:p], torch.arange(p), NO_PREFIX),
+        PackedSegment(chosen[p:], p + torch.arange(c), 0),
+        PackedSegment(rejected[p:], p + torch.arange(r), 0),
     ]
     chosen_offsets = torch.arange(p + c)
     rejected_offsets = torch.cat([torch.arange(p), p + c + torch.arange(r)])
     return segments, [chosen_offsets, rejected_offsets]
+
+
+def place_segments(
+    items: Sequence[Sequence[PackedSegment]],
+    pad_token_id: int,
+    max_row_tokens: int | None,
+    pad_to_multiple_of: int = 1,
+) -> PlacedRows:
+    """Lay out items (each a list of segments that stay together: a pair's sequences, or one
+    supervised sequence) in rows of at most `max_row_tokens`, segment after segment.
+
+    Every segment gets its own segment id; a segment's `prefix` (an index within its item) becomes
+    that segment's id in `prefix_segment_ids`. Row length is the longest row, rounded up to a
+    multiple of `pad_to_multiple_of`.
+    """
+    sizes = [sum(len(segment.tokens) for segment in segments) for segments in items]
+    rows = pack_rows(sizes, max_row_tokens)
+    row_length = max(sum(sizes[i] for i in row) for row in rows)
+    row_length = -(-row_length // pad_to_multiple_of) * pad_to_multiple_of
+
+    num_rows = len(rows)
+    input_ids = torch.full((num_rows, row_length), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((num_rows, row_length), dtype=torch.long)
+    segment_ids = torch.zeros((num_rows, row_length), dtype=torch.long)
+    prefix_segment_ids = torch.full((num_rows, row_length), NO_PREFIX, dtype=torch.long)
+    starts = [0] * len(items)
+    for row, members in enumerate(rows):
+        cursor, next_segment = 0, 0
+        for item_index in members:
+            starts[item_index] = row * row_length + cursor
+            first_segment = next_segment
+            for segment in items[item_index]:
+                stop = cursor + len(segment.tokens)
+                input_ids[row, cursor:stop] = segment.tokens
+                position_ids[row, cursor:stop] = segment.positions
+                segment_ids[row, cursor:stop] = next_segment
+                if segment.prefix != NO_PREFIX:
+                    prefix_segment_ids[row, cursor:stop] = first_segment + segment.prefix
+                cursor, next_segment = stop, next_segment + 1
+        # The padding tail is one more segment with its own positions: it attends only to itself,
+        # so no row of the mask is empty (an all-masked softmax row would put NaN into backward).
+        position_ids[row, cursor:] = torch.arange(row_length - cursor)
+        segment_ids[row, cursor:] = next_segment
+    return PlacedRows(input_ids, position_ids, segment_ids, prefix_segment_ids, starts)
 
 
 def _collate_segments(
@@ -268,54 +328,29 @@ def _collate_segments(
     for pair, pair_id in zip(pairs, pair_ids):
         _check_pair(pair, int(pair_id), need_shared_prompt=layout == "prefix_shared")
     laid_out = [make_segments(pair) for pair in pairs]
-    sizes = [sum(len(s.tokens) for s in segments) for segments, _ in laid_out]
-    rows = pack_rows(sizes, max_row_tokens)
-    row_length = max(sum(sizes[i] for i in row) for row in rows)
-    row_length = -(-row_length // pad_to_multiple_of) * pad_to_multiple_of
+    placed = place_segments([segments for segments, _ in laid_out], pad_token_id, max_row_tokens, pad_to_multiple_of)
+    placements = [[start + o for o in offsets] for start, (_, offsets) in zip(placed.starts, laid_out)]
 
-    num_rows, num_pairs = len(rows), len(pairs)
-    input_ids = torch.full((num_rows, row_length), pad_token_id, dtype=torch.long)
-    position_ids = torch.zeros((num_rows, row_length), dtype=torch.long)
-    segment_ids = torch.zeros((num_rows, row_length), dtype=torch.long)
-    prefix_segment_ids = torch.full((num_rows, row_length), NO_PREFIX, dtype=torch.long)
-    placements: list[list[Tensor]] = [[] for _ in pairs]
-    for row, members in enumerate(rows):
-        cursor, next_segment = 0, 0
-        for pair_index in members:
-            segments, offsets = laid_out[pair_index]
-            first_segment = next_segment
-            for segment in segments:
-                stop = cursor + len(segment.tokens)
-                input_ids[row, cursor:stop] = segment.tokens
-                position_ids[row, cursor:stop] = segment.positions
-                segment_ids[row, cursor:stop] = next_segment
-                if segment.prefix != NO_PREFIX:
-                    prefix_segment_ids[row, cursor:stop] = first_segment + segment.prefix
-                cursor, next_segment = stop, next_segment + 1
-            base = row * row_length + cursor - sizes[pair_index]
-            placements[pair_index] = [base + o for o in offsets]
-        # The padding tail is one more segment with its own positions: it attends only to itself,
-        # so no row of the mask is empty (an all-masked softmax row would put NaN into backward).
-        position_ids[row, cursor:] = torch.arange(row_length - cursor)
-        segment_ids[row, cursor:] = next_segment
-
+    num_pairs = len(pairs)
     sequences = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     flat_placements = [pl[0] for pl in placements] + [pl[1] for pl in placements]
-    loss_tokens = _loss_tokens(sequences, flat_placements)
+    loss_tokens = sequence_loss_tokens(sequences, flat_placements)
     fields = dict(
-        input_ids=input_ids,
-        position_ids=position_ids,
+        input_ids=placed.input_ids,
+        position_ids=placed.position_ids,
         loss_tokens=loss_tokens,
         chosen_index=torch.arange(num_pairs),
         rejected_index=torch.arange(num_pairs, 2 * num_pairs),
         pair_ids=torch.as_tensor([int(i) for i in pair_ids], dtype=torch.long),
         num_real_tokens=real_token_count(pairs),
-        num_slots=input_ids.numel(),
+        num_slots=placed.input_ids.numel(),
     )
-    return fields, segment_ids, prefix_segment_ids
+    return fields, placed.segment_ids, placed.prefix_segment_ids
 
 
-def _loss_tokens(sequences: Sequence, placements: Sequence[Tensor]) -> LossTokens:
+def sequence_loss_tokens(sequences: Sequence, placements: Sequence[Tensor]) -> LossTokens:
+    """LossTokens of sequences (objects with .tokens and .weights) whose token t sits at flat slot
+    `placements[s][t]`; sequence s is LossTokens sequence s."""
     hidden_index, target_ids, weights, sequence_index = [], [], [], []
     for index, (seq, slots) in enumerate(zip(sequences, placements)):
         seq_weights = torch.as_tensor(list(seq.weights), dtype=torch.float32)
@@ -404,6 +439,8 @@ __all__ = [
     "FLEX_BLOCK_SIZE",
     "LAYOUTS",
     "Layout",
+    "PackedSegment",
+    "PlacedRows",
     "SegmentedPairBatch",
     "attention_implementation",
     "build_attention_mask",
@@ -413,6 +450,8 @@ __all__ = [
     "length_grouped_order",
     "pack_rows",
     "pair_token_count",
+    "place_segments",
     "segment_attention_mask",
     "segment_block_mask",
+    "sequence_loss_tokens",
 ]

@@ -44,28 +44,37 @@ def model_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def batches_to_fill(table: Tensor, batches: Sequence[Sequence[int]]) -> list[list[int]]:
+    """The micro-batches holding a pair whose row of `table` is still NaN (not computed)."""
+    return [list(ids) for ids in batches if ids and torch.isnan(table[list(ids)]).any()]
+
+
 @torch.no_grad()
 def fill_reference_logps(
     reference_model: nn.Module,
     pairs: Sequence,
-    table: Tensor,
     batches: Sequence[Sequence[int]],
+    num_forwards: int,
+    num_pairs: int,
     collate: Callable[[Sequence, Sequence[int]], PairBatch],
     device: torch.device,
     show_progress: bool = True,
     desc: str = "reference log-probs",
 ) -> Tensor:
-    """Reference log-probs for the pairs of `batches` whose row of `table` ([len(pairs), 2]:
-    chosen, rejected; NaN = not computed) is still NaN; returns only the new rows (NaN elsewhere).
+    """Reference log-probs [num_pairs, 2] (chosen, rejected) for the pairs of `batches`, NaN elsewhere.
 
     `batches` are the very micro-batches the policy will see, so at step 0, when policy and
     reference weights are equal, both compute bit-identical log-probs and every margin is exactly 0.
+    `num_forwards` >= len(batches) forward passes are run (the extra ones on a stand-in batch whose
+    result is dropped), so every rank of an FSDP run takes part in the same number of gathers.
     """
-    out = torch.full_like(table, float("nan"))
-    todo = [list(ids) for ids in batches if torch.isnan(table[list(ids)]).any()]
-    for ids in tqdm(todo, desc=desc, disable=not show_progress or not todo, leave=False):
+    out = empty_table(num_pairs)
+    for index in tqdm(range(num_forwards), desc=desc, disable=not show_progress or not num_forwards, leave=False):
+        ids = batches[index] if index < len(batches) else [0]
         batch = collate([pairs[i] for i in ids], ids).to(device)
         chosen, rejected = reference_pair_logps(reference_model, batch)
+        if index >= len(batches):
+            continue
         fresh = torch.stack([chosen.float().cpu(), rejected.float().cpu()], dim=1)
         keep = torch.isnan(out[ids])  # a pair seen in an earlier batch keeps its first value
         out[ids] = torch.where(keep, fresh, out[ids])

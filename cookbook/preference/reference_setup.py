@@ -11,9 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from rich.console import Console
 
-from cookbook.models import load_model_and_tokenizer
 from cookbook.preference import reference as ref
 from cookbook.preference.evaluation import eval_batches
 from cookbook.preference.logprobs import SequenceLogprobModel
@@ -35,25 +33,33 @@ class ReferenceSource:
         return None
 
 
-def prepare_reference(config, info, console: Console, policy_lm, reference_name: str, start_name: str,
-                      resumed: bool, data, collate, train_batches: list[list[int]]) -> ReferenceSource:
+def prepare_reference(run, policy: torch.nn.Module, policy_fingerprint: str, reference_name: str, start_name: str,
+                      data, collate, train_batches: list[list[int]]) -> ReferenceSource:
     """Reference log-probs for the pairs of this rank's `train_batches` (the micro-batches the run
     will train on, in order) and all test pairs, from the cache when it has them; or a frozen
-    model run in every step when not precomputing."""
+    model run in every step when not precomputing.
+
+    When the reference is the starting policy, the policy itself (before any update, wrapped for
+    DDP/FSDP and under the run's precision) computes them, so at step 0 policy and reference agree
+    exactly in every precision and layout."""
+    config, info, console = run.config, run.info, run.console
     if not config.loss_settings.needs_reference:
         return ReferenceSource()
-    reuse_policy = reference_name == start_name and not resumed
+    reuse_policy = reference_name == start_name and not run.resumed
 
-    def load_reference() -> SequenceLogprobModel:
+    def load_reference() -> tuple[torch.nn.Module, str]:
+        """The reference model and its weights' fingerprint (taken before FSDP shards them)."""
         if reuse_policy and config.precompute_reference:
-            return SequenceLogprobModel(policy_lm)
-        model, _ = load_model_and_tokenizer(reference_name, dtype=config.dtype, device=str(info.device))
-        model.requires_grad_(False)
-        return SequenceLogprobModel(model).eval()
+            return policy, policy_fingerprint
+        causal_lm = run.load_model(reference_name)
+        causal_lm.requires_grad_(False)
+        model = SequenceLogprobModel(causal_lm, compute_context=run.plan.autocast)
+        fingerprint = ref.model_fingerprint(model)
+        return run.wrap(model, causal_lm, trainable=False).eval(), fingerprint
 
     if not config.precompute_reference:
         console.print(f"Reference model: {reference_name} (frozen copy, run in every step)")
-        return ReferenceSource(model=load_reference())
+        return ReferenceSource(model=load_reference()[0])
 
     batches = {"train": train_batches,
                "test": [ids for ids in eval_batches(len(data.test), config.micro_batch_size, info.rank, info.world_size) if ids]}
@@ -63,14 +69,14 @@ def prepare_reference(config, info, console: Console, policy_lm, reference_name:
     # the same data, written by this run, is trusted.
     cached = None
     if info.is_main:
-        cached = ref.load_cached(config.log_path, data_key=data_key) if resumed else None
+        cached = ref.load_cached(config.log_path, data_key=data_key) if run.resumed else None
     cached = dist_utils.broadcast_object(cached, info)
     if cached is not None and _all_ranks(_covers(cached, needed), info):
         console.print(f"Reference log-probs: reusing {config.log_path}/{ref.CACHE_NAME}")
         return ReferenceSource(tables={split: cached[split] for split in needed})
 
-    reference_model = load_reference()
-    key = ref.cache_key(reference_name, ref.model_fingerprint(reference_model), data_key)
+    reference_model, fingerprint = load_reference()
+    key = ref.cache_key(reference_name, fingerprint, data_key)
     if cached is None and info.is_main:
         cached = ref.load_cached(config.log_path, key=key)
     cached = dist_utils.broadcast_object(cached, info)
@@ -79,8 +85,12 @@ def prepare_reference(config, info, console: Console, policy_lm, reference_name:
         tables = {split: cached[split] for split in tables}
     was_training = reference_model.training
     reference_model.eval()
+    # FSDP gathers weights in every forward, collectively: all ranks must run as many.
+    collective = run.strategy == "fsdp"
     for split, pairs in (("train", data.train), ("test", data.test)):
-        new_rows = ref.fill_reference_logps(reference_model, pairs, tables[split], batches[split], collate,
+        todo = ref.batches_to_fill(tables[split], batches[split])
+        num_forwards = int(dist_utils.all_reduce_max(len(todo), info)) if collective else len(todo)
+        new_rows = ref.fill_reference_logps(reference_model, pairs, todo, num_forwards, len(pairs), collate,
                                             info.device, info.is_main, desc=f"reference log-probs ({split})")
         tables[split] = ref.merge_tables(tables[split], _combine_ranks(new_rows, info))
     reference_model.train(was_training)

@@ -3,24 +3,50 @@
 A checkpoint `step_000040/` (or `final/`) is a `save_pretrained` directory (safetensors weights,
 tokenizer) that transformers and our eval load directly, plus `cookbook_checkpoint.json` (renderer,
 base model, step) and, for resumable checkpoints, `training_state.pt` (optimizer, scheduler, RNG,
-data position). It is written under a hidden temporary name and renamed into place, and only then
-appended to checkpoints.jsonl, so a crash mid-write never leaves a checkpoint that resume would pick.
-Only the newest checkpoint keeps its optimizer state (it is twice the model's size).
+data position). It is written under a hidden staging name (`.step_000040.tmp-*`) and renamed into
+place, and only then listed in checkpoints.jsonl, so a crash mid-write never leaves a checkpoint
+that resume would pick; `clean_stale_staging` removes what such a crash left. Only the newest
+checkpoint keeps its optimizer state (it is twice the model's size), and `prune_checkpoints` keeps
+the newest few.
+
+checkpoints.jsonl is rewritten whole (through a temporary file) on every change, so our own writes
+never tear it; a torn last line (a crash of an older writer, a copy cut short) is ignored when read,
+and a bad line anywhere else stops with its file and line. `training_state.pt` is loaded with
+`weights_only=True`: a file planted in a shared log_path cannot run code on resume.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import pickle
 import random
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
+from cookbook.errors import UserError
+
 INDEX_NAME = "checkpoints.jsonl"
 METADATA_NAME = "cookbook_checkpoint.json"
 TRAINING_STATE_NAME = "training_state.pt"
+STEP_NAME = re.compile(r"step_(\d+)")
+STAGING_NAME = re.compile(r"\.(step_\d+|final)\.tmp-.+")
+
+
+class CheckpointIndexError(UserError, ValueError):
+    """checkpoints.jsonl holds a line that is not a checkpoint record (other than a torn last one)."""
+
+
+class DiskFullError(UserError, OSError):
+    """A checkpoint could not be written for lack of space; the message names the last good one."""
+
+
+class UnsafeTrainingStateError(UserError, ValueError):
+    """training_state.pt holds something other than tensors and plain values."""
 
 
 def checkpoint_name(step: int) -> str:
@@ -37,11 +63,15 @@ def save_checkpoint(
     metadata: dict,
     training_state: dict | None,
 ) -> Path:
-    """Write one checkpoint atomically (rank 0 only) and record it in checkpoints.jsonl."""
+    """Write one checkpoint atomically (rank 0 only) and record it in checkpoints.jsonl.
+
+    Raises DiskFullError, leaving no staging directory, when the disk fills up during the write."""
     log_path = Path(log_path)
     final_dir = log_path / name
-    staging = Path(tempfile.mkdtemp(dir=log_path, prefix=f".{name}.tmp-"))
+    staging = None
+    renamed = False
     try:
+        staging = Path(tempfile.mkdtemp(dir=log_path, prefix=f".{name}.tmp-"))
         causal_lm.save_pretrained(staging, state_dict=model_state, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         (staging / METADATA_NAME).write_text(json.dumps({**metadata, "step": step}, indent=2))
@@ -51,45 +81,170 @@ def save_checkpoint(
         if final_dir.exists():
             shutil.rmtree(final_dir)
         staging.rename(final_dir)
+        renamed = True
+        _write_index(log_path, [*read_index(log_path), {
+            "name": name, "step": step, "path": str(final_dir.resolve()), "resumable": training_state is not None,
+        }])
+    except Exception as error:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if renamed:  # not listed in the index, so not a checkpoint: remove it rather than leave it half-known
+            shutil.rmtree(final_dir, ignore_errors=True)
+        if is_disk_full(error):
+            raise DiskFullError(_disk_full_message(log_path, name, step)) from error
+        raise
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    with (log_path / INDEX_NAME).open("a") as f:
-        f.write(json.dumps({"name": name, "step": step, "path": str(final_dir.resolve()),
-                            "resumable": training_state is not None}) + "\n")
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     if training_state is not None:
         _drop_older_training_states(log_path, keep=final_dir)
     return final_dir
 
 
+def is_disk_full(error: BaseException) -> bool:
+    """Whether a failed write ran out of space: ENOSPC/EDQUOT, or how torch's zip writer and
+    safetensors report it (`[enforce fail at inline_container.cc...]`, `StorageFull`)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(error)
+        if any(sign in text for sign in ("No space left", "StorageFull", "Disk quota exceeded", "os error 28",
+                                         "inline_container", "PytorchStreamWriter failed", "file write failed")):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _disk_full_message(log_path: Path, name: str, step: int) -> str:
+    free = shutil.disk_usage(log_path).free / 2**20
+    message = (f"the disk holding {log_path} is full: checkpoint {name} (step {step}) could not be written and "
+               f"its partial copy was removed ({free:.0f} MiB free now). ")
+    try:
+        last = latest_resumable_checkpoint(log_path)
+    except CheckpointIndexError:
+        last = None
+    if last is None:
+        return message + "No resumable checkpoint was saved before it; free some space and run again."
+    return (message + f"The last good checkpoint is {last['path']} (step {last['step']}): free some space and "
+            "rerun with behavior_if_log_dir_exists=resume.")
+
+
 def _drop_older_training_states(log_path: Path, keep: Path) -> None:
     for entry in read_index(log_path):
-        path = Path(entry["path"])
-        if path != keep.resolve() and (path / TRAINING_STATE_NAME).exists():
+        path = checkpoint_dir(log_path, entry)
+        if path.resolve() != keep.resolve() and (path / TRAINING_STATE_NAME).exists():
             (path / TRAINING_STATE_NAME).unlink()
 
 
 def read_index(log_path: str | Path) -> list[dict]:
+    """The records of checkpoints.jsonl; a torn last line is ignored (it is what a crash leaves)."""
     path = Path(log_path) / INDEX_NAME
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    numbered = [(number, line) for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+                if line.strip()]
+    entries = []
+    for position, (number, line) in enumerate(numbered):
+        try:
+            entry = json.loads(line)
+            problem = None if isinstance(entry, dict) and {"name", "step"} <= entry.keys() else \
+                "a record must be a JSON object with 'name' and 'step'"
+        except json.JSONDecodeError as error:
+            problem = f"not a JSON record ({error.msg})"
+        if problem is None:
+            entries.append(entry)
+        elif position == len(numbered) - 1:
+            break
+        else:
+            raise CheckpointIndexError(f"{path}:{number}: {problem}; fix or remove that line to resume")
+    return entries
+
+
+def _write_index(log_path: Path, entries: list[dict]) -> None:
+    path = log_path / INDEX_NAME
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+    tmp.replace(path)
+
+
+def checkpoint_dir(log_path: str | Path, entry: dict) -> Path:
+    """Where an index entry's checkpoint is: by name under log_path (which may have been moved
+    since the absolute `path` was recorded), else that path."""
+    by_name = Path(log_path) / entry["name"]
+    return by_name if by_name.is_dir() else Path(entry.get("path", by_name))
 
 
 def latest_resumable_checkpoint(log_path: str | Path) -> dict | None:
-    """The newest recorded checkpoint whose directory and training state are complete."""
+    """The newest recorded checkpoint whose directory and training state are complete; its `path`
+    is where it is now."""
     for entry in reversed(read_index(log_path)):
-        path = Path(entry["path"])
+        path = checkpoint_dir(log_path, entry)
         if entry.get("resumable") and (path / TRAINING_STATE_NAME).exists() and (path / "config.json").exists():
-            return entry
+            return {**entry, "path": str(path)}
     return None
 
 
 def final_checkpoint(log_path: str | Path) -> Path | None:
     """The `final` checkpoint when it is the newest one recorded (the run finished)."""
     index = read_index(log_path)
-    if index and index[-1]["name"] == "final" and (Path(index[-1]["path"]) / "config.json").exists():
-        return Path(index[-1]["path"])
+    if index and index[-1]["name"] == "final":
+        path = checkpoint_dir(log_path, index[-1])
+        if (path / "config.json").exists():
+            return path
     return None
+
+
+def load_training_state(path: str | Path) -> dict:
+    """A resumable checkpoint's training_state.pt (a checkpoint directory or the file itself),
+    loaded with weights_only=True: tensors and plain Python values only."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / TRAINING_STATE_NAME
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UnsafeTrainingStateError(
+            f"{path} holds objects other than tensors and plain values, so it was not loaded (a run of ours "
+            f"never writes those; the file may not come from one): {reason}"
+        ) from None
+
+
+def clean_stale_staging(log_path: str | Path) -> list[str]:
+    """Remove staging directories (`.step_000040.tmp-*`) a killed checkpoint write left behind;
+    returns their names. Call it holding the run's lock: a live run's staging looks the same."""
+    removed = []
+    for entry in sorted(Path(log_path).iterdir()):
+        if STAGING_NAME.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+            removed.append(entry.name)
+    return removed
+
+
+def prune_checkpoints(log_path: str | Path, keep: int | None) -> list[str]:
+    """Delete all but the newest `keep` step checkpoints (None: keep all); returns the names deleted.
+
+    `final/` and the checkpoint resume would use are never deleted, and checkpoints.jsonl is
+    rewritten first, so it never lists a checkpoint that is gone."""
+    if keep is None:
+        return []
+    if keep < 1:
+        raise ValueError(f"keep_last_checkpoints must be >= 1 or None, got {keep}")
+    log_path = Path(log_path)
+    entries = read_index(log_path)
+    on_disk = {p.name for p in log_path.iterdir() if p.is_dir() and STEP_NAME.fullmatch(p.name)}
+    names = sorted({e["name"] for e in entries if STEP_NAME.fullmatch(e["name"])} | on_disk,
+                   key=lambda name: int(STEP_NAME.fullmatch(name).group(1)))
+    resume = latest_resumable_checkpoint(log_path)
+    kept = set(names[-keep:]) | ({resume["name"]} if resume else set())
+    doomed = [name for name in names if name not in kept]
+    if doomed:
+        _write_index(log_path, [e for e in entries if e["name"] not in doomed])
+        for name in doomed:
+            shutil.rmtree(log_path / name, ignore_errors=True)
+    return doomed
 
 
 def read_metadata(checkpoint_dir: str | Path) -> dict:
@@ -98,6 +253,7 @@ def read_metadata(checkpoint_dir: str | Path) -> dict:
 
 
 def capture_rng_state() -> dict:
+    """Python's and torch's RNG states; all tensors, ints and tuples, so they load with weights_only."""
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -105,7 +261,9 @@ def capture_rng_state() -> dict:
 
 
 def restore_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
+    python_state = state["python"]
+    # torch.save keeps the tuples, but a state that went through JSON or lists still restores.
+    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

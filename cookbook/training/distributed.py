@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from cookbook.errors import InvalidOptionError
+
 DistributedStrategy = Literal["auto", "ddp", "fsdp", "none"]
 # Below this many parameters a full replica per rank is cheap, and DDP's single all-reduce beats
 # FSDP's per-layer gathers.
@@ -44,6 +46,8 @@ def init_distributed(device: str = "auto") -> DistInfo:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise InvalidOptionError("device=cuda, but no CUDA device is available (torch sees none): use device=cpu or auto")
     torch_device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(torch_device)
@@ -66,8 +70,10 @@ def choose_strategy(strategy: DistributedStrategy, model: nn.Module, info: DistI
     return strategy
 
 
-def wrap_model(model: nn.Module, strategy: str, info: DistInfo, layers: list[nn.Module] | None = None) -> nn.Module:
-    """DDP, or FSDP2 (`fully_shard` on each decoder layer, then the root)."""
+def wrap_model(model: nn.Module, strategy: str, info: DistInfo, layers: list[nn.Module] | None = None,
+               mixed_precision=None) -> nn.Module:
+    """DDP, or FSDP2 (`fully_shard` on each decoder layer, then the root, with `mixed_precision`, an
+    FSDP2 `MixedPrecisionPolicy`: fp32 sharded masters, compute-dtype gathers)."""
     if strategy == "none":
         return model
     if strategy == "ddp":
@@ -76,15 +82,21 @@ def wrap_model(model: nn.Module, strategy: str, info: DistInfo, layers: list[nn.
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
+        kwargs = {"mp_policy": mixed_precision} if mixed_precision is not None else {}
         for layer in layers or []:
-            fully_shard(layer)
-        fully_shard(model)
+            fully_shard(layer, **kwargs)
+        fully_shard(model, **kwargs)
         return model
     raise ValueError(f"distributed={strategy!r} is not one of auto, ddp, fsdp, none")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole of a tensor that FSDP2 shards (a collective: every rank calls it); others as they are."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
 def full_model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -121,6 +133,14 @@ def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=info.device)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor.tolist()
+
+
+def all_reduce_max(value: float, info: DistInfo) -> float:
+    if not info.is_distributed:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=info.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())
 
 
 def all_reduce_tensor_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -12,21 +12,27 @@ step and per eval), checkpoints.jsonl, reference_logps.pt, and Hugging Face chec
 
 The recipe is a thin launcher: chz parses key=value arguments into the library's `Config`, and
 `cookbook.preference.train_dpo.main` does the work, so a script can build a Config and call main.
+Run as a program, a mistake in the options or the data ends in one `error: ...` line and exit
+status 2, and a run stopped with Ctrl-C exits with 130 after saving (`cookbook/cli.py`); `cli()`
+lets every exception through, for scripts and tests.
 """
 
 from __future__ import annotations
 
+import sys
+
 import chz
 
+from cookbook.cli import run_cli
 from cookbook.preference.train_dpo import Config, main
 
 __all__ = ["Config", "cli", "main"]
 
 
 def cli(argv: list[str] | None = None):
-    """Parse `argv` (default: sys.argv[1:]) into a Config and train."""
+    """Parse `argv` (default: sys.argv[1:]) into a Config and train; exceptions propagate."""
     return chz.nested_entrypoint(main, argv=argv)
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(run_cli(main))
