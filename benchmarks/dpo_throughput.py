@@ -1,8 +1,10 @@
-"""DPO training-step throughput: padded vs packed vs prefix-shared rows, reference in the step vs
-precomputed, and (with --vs-trl) TRL's DPOTrainer on the same pairs, model and settings.
+"""DPO training-step throughput: padded vs packed vs prefix-shared rows, fp32 vs mixed precision,
+reference in the step vs precomputed, and (with --vs-trl) TRL's DPOTrainer on the same pairs, model
+and settings.
 
-    python benchmarks/dpo_throughput.py                                   # SmolLM2-135M, CPU defaults
-    python benchmarks/dpo_throughput.py --model 1b --pairs-per-step 8     # on a GPU (bf16, flex attention)
+    python benchmarks/dpo_throughput.py                                   # the trainer's defaults (layout, precision)
+    python benchmarks/dpo_throughput.py --layouts padded,packed,prefix_shared --precision fp32,bf16-mixed
+    python benchmarks/dpo_throughput.py --model 1b --pairs-per-step 8     # on a GPU (bf16-mixed, flex attention)
     benchmarks/.venv-bench/bin/python benchmarks/dpo_throughput.py --vs-trl   # after setup_bench_env.sh
 
 Prints one table (markdown) of real tokens/s, pairs/s, MFU, peak memory and reference-pass time per
@@ -16,8 +18,11 @@ Why it is built this way:
   count for every layout and for TRL, so tokens/s ratios are ratios of step time.
 - Each configuration runs in its own subprocess, so peak host RSS and GPU memory belong to that
   configuration alone, and one run's allocator cache or compiled kernels do not help the next.
-- Our step mirrors the trainer: SequenceLogprobModel + preference_forward + backward + grad clipping
-  + AdamW (fused on CUDA). "precomputed" scores the reference with the initial policy before the
+- Our step mirrors the trainer: SequenceLogprobModel (the decoder under the precision's autocast, an
+  fp32 LM head) + preference_forward + backward + grad clipping + the trainer's optimizer
+  (`make_optimizer`: fused AdamW on fp32 masters). `--layouts auto --precision auto` (the defaults)
+  are what the trainer's `layout=auto precision=auto` resolve to on this machine. TRL gets the same
+  precision the way its users ask for it: fp32, or `bf16=True` over fp32 weights (autocast). "precomputed" scores the reference with the initial policy before the
   timed steps (as the trainer's cache and TRL's precompute_ref_log_probs do); "in-step" runs a frozen
   copy inside every step.
 - MFU counts 6*N FLOPs per real token for the policy, plus 2*N when the reference runs in the step;
@@ -39,11 +44,14 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from types import SimpleNamespace
 
 from cookbook.datasets.tokenize import TokenizedPair as Pair
 from cookbook.datasets.tokenize import TokenizedSequence as Sequence
 
 LAYOUTS = ("padded", "packed", "prefix_shared")
+# fp16-mixed is left out: on CPU it has no fast kernels, and on GPU bf16 is the one to compare.
+PRECISIONS = ("auto", "fp32", "bf16-mixed", "bf16-true")
 REFERENCE_MODES = ("precomputed", "in-step")
 MODEL_SHAPES = {
     # SmolLM2-135M's shape, random init
@@ -174,6 +182,7 @@ class RunResult:
     impl: str
     layout: str
     reference: str
+    precision: str
     steps: int
     step_seconds: float
     tokens_per_second: float
@@ -189,15 +198,21 @@ class RunResult:
     note: str = ""
 
 
-def resolve(args):
+def resolve_device(args):
     import torch
 
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.dtype == "auto":
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    else:
-        dtype = getattr(torch, args.dtype)
-    return device, dtype
+    return torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def resolve_layout(layout: str, args, device) -> str:
+    """`auto` becomes what the trainer's layout=auto picks for the attention it loads the model with."""
+    from cookbook.preference.collate import choose_layout
+
+    if layout != "auto":
+        return layout
+    # The trainer loads flex attention for padding-free rows on a GPU, sdpa elsewhere (Run.load_model).
+    attention = args.attn if args.attn != "auto" else ("flex_attention" if device.type == "cuda" else "sdpa")
+    return choose_layout("auto", attention)
 
 
 def attention_for(layout: str, args, device) -> str:
@@ -205,6 +220,11 @@ def attention_for(layout: str, args, device) -> str:
         return args.attn
     # On a GPU, packed rows want block-sparse attention: sdpa would compute the whole row x row square.
     return "flex_attention" if device.type == "cuda" and layout != "padded" else "sdpa"
+
+
+def trl_precision_name(precision: str) -> str:
+    """How a TRL user asks for this precision."""
+    return {"fp32": "fp32", "bf16-mixed": "bf16=True", "bf16-true": "bf16 weights, bf16=True"}[precision]
 
 
 def step_batches(pairs, pairs_per_step: int, total_steps: int):
@@ -215,22 +235,26 @@ def step_batches(pairs, pairs_per_step: int, total_steps: int):
 # Our step
 
 
-def run_ours(args, layout: str, reference_mode: str) -> RunResult:
+def run_ours(args, layout: str, reference_mode: str, precision: str) -> RunResult:
     import torch
 
     from cookbook.models import load_tokenizer
     from cookbook.preference.logprobs import SequenceLogprobModel
     from cookbook.preference.packing import collate_pairs
     from cookbook.preference.step import LossSettings, preference_forward, reference_pair_logps
+    from cookbook.training.distributed import DistInfo
+    from cookbook.training.precision import plan_for
+    from cookbook.training.step_runner import make_optimizer
 
-    device, dtype = resolve(args)
+    device = resolve_device(args)
+    plan = plan_for(precision, device)
     tokenizer = load_tokenizer()
     total_steps = args.warmup_steps + args.steps
     pairs, _ = make_pairs(tokenizer, total_steps * args.pairs_per_step, args.max_length, args.min_frac,
                           args.prompt_frac, args.seed)
     attention = attention_for(layout, args, device)
-    causal_lm = build_model(args.model, dtype, device, attention, args.seed)
-    policy = SequenceLogprobModel(causal_lm).train()
+    causal_lm = build_model(args.model, plan.param_dtype, device, attention, args.seed)
+    policy = SequenceLogprobModel(causal_lm, compute_context=plan.autocast).train()
     settings = LossSettings(loss_type="dpo", beta=0.1)
     batch_indices = step_batches(pairs, args.pairs_per_step, total_steps)
 
@@ -254,9 +278,12 @@ def run_ours(args, layout: str, reference_mode: str) -> RunResult:
         reference_seconds = (time.perf_counter() - start) / max(1, len(batch_indices) - 1)
         policy.train()
     else:
-        reference = SequenceLogprobModel(copy.deepcopy(causal_lm).requires_grad_(False)).eval()
+        reference = SequenceLogprobModel(copy.deepcopy(causal_lm).requires_grad_(False),
+                                         compute_context=plan.autocast).eval()
 
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0, fused=device.type == "cuda")
+    # The trainer's own optimizer choice, for one process (strategy "none").
+    optimizer = make_optimizer(policy, SimpleNamespace(learning_rate=args.lr, weight_decay=0.0), plan,
+                               DistInfo(rank=0, world_size=1, local_rank=0, device=device), "none")
     step_times, cpu_times, in_step_reference, real_tokens, slots = [], [], 0.0, 0, 0
     synchronize(device)
     previous, previous_cpu = time.perf_counter(), time.process_time()
@@ -285,12 +312,12 @@ def run_ours(args, layout: str, reference_mode: str) -> RunResult:
             real_tokens += batch.num_real_tokens
             slots += batch.num_slots
         previous, previous_cpu = now, now_cpu
-    return summarize(args, "ours", layout, reference_mode, causal_lm, device, step_times, cpu_times, real_tokens,
+    return summarize(args, "ours", layout, reference_mode, plan.name, causal_lm, device, step_times, cpu_times, real_tokens,
                      reference_seconds if reference is None else in_step_reference / len(step_times),
                      slots, note=f"attn={attention}; load {os.getloadavg()[0]:.1f}")
 
 
-def summarize(args, impl, layout, reference_mode, model, device, step_times, cpu_times, real_tokens,
+def summarize(args, impl, layout, reference_mode, precision, model, device, step_times, cpu_times, real_tokens,
               reference_seconds, slots, note="") -> RunResult:
     import torch
 
@@ -302,6 +329,7 @@ def summarize(args, impl, layout, reference_mode, model, device, step_times, cpu
         impl=impl,
         layout=layout,
         reference=reference_mode,
+        precision=precision,
         steps=len(step_times),
         step_seconds=seconds / len(step_times),
         tokens_per_second=tokens_per_second,
@@ -322,7 +350,7 @@ def summarize(args, impl, layout, reference_mode, model, device, step_times, cpu
 # TRL's DPOTrainer on the same pairs
 
 
-def run_trl(args, reference_mode: str) -> RunResult:
+def run_trl(args, reference_mode: str, precision: str) -> RunResult:
     import datasets
     import torch
     from transformers import TrainerCallback
@@ -330,14 +358,16 @@ def run_trl(args, reference_mode: str) -> RunResult:
 
     from cookbook.models import load_tokenizer
     from cookbook.preference.batching import collate_padded
+    from cookbook.training.precision import plan_for
 
-    device, dtype = resolve(args)
+    device = resolve_device(args)
+    plan = plan_for(precision, device)
     tokenizer = load_tokenizer()
     total_steps = args.warmup_steps + args.steps
     pairs, texts = make_pairs(tokenizer, total_steps * args.pairs_per_step, args.max_length, args.min_frac,
                               args.prompt_frac, args.seed)
     dataset = datasets.Dataset.from_list([asdict(t) for t in texts])
-    model = build_model(args.model, dtype, device, "sdpa", args.seed)
+    model = build_model(args.model, plan.param_dtype, device, "sdpa", args.seed)
 
     class StepTimer(TrainerCallback):
         def __init__(self):
@@ -366,13 +396,13 @@ def run_trl(args, reference_mode: str) -> RunResult:
             lr_scheduler_type="constant",
             weight_decay=0.0,
             max_grad_norm=1.0,
-            optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch",
+            optim="adamw_torch_fused",  # TRL's default with torch >= 2.8, and the kernel ours uses
             beta=0.1,
             loss_type=["sigmoid"],
             max_length=None,  # our pairs are already within max_length; no truncation on either side
             precompute_ref_log_probs=reference_mode == "precomputed",
             gradient_checkpointing=False,  # ours does not checkpoint either
-            bf16=dtype == torch.bfloat16,
+            bf16=plan.compute_dtype == torch.bfloat16,  # over fp32 weights: autocast, as ours
             use_cpu=device.type == "cpu",
             train_sampling_strategy="sequential",  # the same pairs in the same steps as ours
             dataloader_num_workers=0,
@@ -399,7 +429,7 @@ def run_trl(args, reference_mode: str) -> RunResult:
     note += f"; load {os.getloadavg()[0]:.1f}"
     if reference_mode == "precomputed":
         note += f"; trainer setup incl. reference precompute of all batches {setup_seconds:.1f} s"
-    return summarize(args, "trl", "padded", reference_mode, model, device, step_times, cpu_times, real_tokens,
+    return summarize(args, "trl", "padded", reference_mode, plan.name, model, device, step_times, cpu_times, real_tokens,
                      float("nan"), slots, note=note)
 
 
@@ -423,8 +453,8 @@ def run_one(args, spec: dict) -> RunResult:
 
         torch.set_num_threads(args.threads)
     if spec["impl"] == "trl":
-        return run_trl(args, spec["reference"])
-    return run_ours(args, spec["layout"], spec["reference"])
+        return run_trl(args, spec["reference"], spec["precision"])
+    return run_ours(args, spec["layout"], spec["reference"], spec["precision"])
 
 
 def run_in_subprocess(argv: list[str], spec: dict, timeout: float) -> RunResult | str:
@@ -440,54 +470,86 @@ def run_in_subprocess(argv: list[str], spec: dict, timeout: float) -> RunResult 
     return "failed: " + " | ".join(tail)
 
 
+def precision_label(result: RunResult) -> str:
+    return trl_precision_name(result.precision) if result.impl == "trl" else result.precision
+
+
 def format_table(results: list[RunResult]) -> str:
     def gib(n):
         return "n/a" if n is None else f"{n / 2**30:.2f}"
 
     lines = [
-        "| impl | layout | reference | real tok/s | tok/CPU-s | pairs/s | step s | CPU s/step | ref s/batch | MFU "
-        "| GPU peak GiB | host peak RSS GiB | slot fill |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| impl | layout | precision | reference | real tok/s | tok/CPU-s | pairs/s | step s | CPU s/step | ref s/batch "
+        "| MFU | GPU peak GiB | host peak RSS GiB | slot fill |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         mfu = "n/a" if r.mfu is None else f"{100 * r.mfu:.1f}%"
         ref = "n/a" if r.reference_seconds != r.reference_seconds else f"{r.reference_seconds:.2f}"
         lines.append(
-            f"| {r.impl} | {r.layout} | {r.reference} | {r.tokens_per_second:,.0f} | {r.tokens_per_cpu_second:,.0f} | "
-            f"{r.pairs_per_second:.2f} | {r.step_seconds:.2f} | {r.cpu_seconds_per_step:.2f} | {ref} | {mfu} | {gib(r.gpu_peak_bytes)} | {gib(r.host_peak_rss_bytes)} | "
-            f"{100 * r.slot_fill:.0f}% |"
+            f"| {r.impl} | {r.layout} | {precision_label(r)} | {r.reference} | {r.tokens_per_second:,.0f} | "
+            f"{r.tokens_per_cpu_second:,.0f} | {r.pairs_per_second:.2f} | {r.step_seconds:.2f} | {r.cpu_seconds_per_step:.2f} | "
+            f"{ref} | {mfu} | {gib(r.gpu_peak_bytes)} | {gib(r.host_peak_rss_bytes)} | {100 * r.slot_fill:.0f}% |"
         )
     return "\n".join(lines)
 
 
-def format_ratios(results: list[RunResult]) -> str:
+def _speed(numerator: RunResult, denominator: RunResult) -> str:
+    return (f"tokens/s x{numerator.tokens_per_second / denominator.tokens_per_second:.2f}, "
+            f"tokens/CPU-s x{numerator.tokens_per_cpu_second / denominator.tokens_per_cpu_second:.2f}")
+
+
+def format_ratios(results: list[RunResult], default_layout: str, default_precision: str, max_length: int) -> str:
+    """Each technique against its baseline with everything else equal, then ours against TRL."""
     lines = []
-    ours = {(r.layout, r.reference): r for r in results if r.impl == "ours"}
-    for reference_mode in REFERENCE_MODES:
-        base = ours.get(("padded", reference_mode))
-        for layout in LAYOUTS[1:]:
-            other = ours.get((layout, reference_mode))
-            if base and other:
-                lines.append(f"- {layout} / padded ({reference_mode}): tokens/s x{other.tokens_per_second / base.tokens_per_second:.2f}, "
-                             f"tokens/CPU-s x{other.tokens_per_cpu_second / base.tokens_per_cpu_second:.2f}")
-    for layout in LAYOUTS:
-        pre, inside = ours.get((layout, "precomputed")), ours.get((layout, "in-step"))
-        if pre and inside:
-            lines.append(f"- precomputed / in-step reference ({layout}): tokens/s x{pre.tokens_per_second / inside.tokens_per_second:.2f}, "
-                         f"tokens/CPU-s x{pre.tokens_per_cpu_second / inside.tokens_per_cpu_second:.2f}")
-    trl = {r.reference: r for r in results if r.impl == "trl"}
-    for reference_mode, t in trl.items():
-        for layout in LAYOUTS:
-            o = ours.get((layout, reference_mode))
-            if not o:
+    ours = {(r.layout, r.reference, r.precision): r for r in results if r.impl == "ours"}
+    trl = {(r.reference, r.precision): r for r in results if r.impl == "trl"}
+    precisions = sorted({r.precision for r in results})
+    for (layout, reference_mode, precision), other in ours.items():
+        base = ours.get(("padded", reference_mode, precision))
+        if layout != "padded" and base:
+            lines.append(f"- {layout} / padded ({reference_mode}, {precision}): {_speed(other, base)}")
+    for (layout, reference_mode, precision), pre in ours.items():
+        inside = ours.get((layout, "in-step", precision))
+        if reference_mode == "precomputed" and inside:
+            lines.append(f"- precomputed / in-step reference ({layout}, {precision}): {_speed(pre, inside)}")
+    for precision in precisions:
+        if precision == "fp32":
+            continue
+        for (layout, reference_mode, p), mixed in ours.items():
+            fp32 = ours.get((layout, reference_mode, "fp32"))
+            if p == precision and fp32:
+                lines.append(f"- ours {precision} / fp32 ({layout}, {reference_mode}): {_speed(mixed, fp32)}")
+        for (reference_mode, p), mixed in trl.items():
+            fp32 = trl.get((reference_mode, "fp32"))
+            if p == precision and fp32:
+                lines.append(f"- TRL {trl_precision_name(precision)} / fp32 ({reference_mode}): {_speed(mixed, fp32)}")
+    for (reference_mode, precision), t in trl.items():
+        for (layout, o_reference, o_precision), o in ours.items():
+            if (o_reference, o_precision) != (reference_mode, precision):
                 continue
-            memory = "n/a"
-            if o.gpu_peak_bytes and t.gpu_peak_bytes:
-                memory = f"GPU x{o.gpu_peak_bytes / t.gpu_peak_bytes:.2f}"
-            host = f"host RSS x{o.host_peak_rss_bytes / t.host_peak_rss_bytes:.2f}"
-            lines.append(f"- ours {layout} / TRL ({reference_mode}): tokens/s x{o.tokens_per_second / t.tokens_per_second:.2f}, "
-                         f"tokens/CPU-s x{o.tokens_per_cpu_second / t.tokens_per_cpu_second:.2f}, peak memory {memory}, {host}")
+            memory = f"GPU x{o.gpu_peak_bytes / t.gpu_peak_bytes:.2f}" if o.gpu_peak_bytes and t.gpu_peak_bytes else "n/a"
+            lines.append(f"- ours {layout} / TRL ({reference_mode}, {precision}): {_speed(o, t)}, peak memory {memory}, "
+                         f"host RSS x{o.host_peak_rss_bytes / t.host_peak_rss_bytes:.2f}")
+    # The headline: what the trainer runs by default against TRL's fastest precision, per CPU-second.
+    for reference_mode in REFERENCE_MODES:
+        o = ours.get((default_layout, reference_mode, default_precision))
+        candidates = [t for (m, _), t in trl.items() if m == reference_mode]
+        if o and candidates:
+            best = max(candidates, key=lambda t: t.tokens_per_cpu_second)
+            where = "" if reference_mode == "precomputed" else ", in-step reference"
+            lines.append(f"- ours default / TRL best ({max_length} tokens{where}): "
+                         f"tokens/CPU-s x{o.tokens_per_cpu_second / best.tokens_per_cpu_second:.2f} "
+                         f"(TRL best: {trl_precision_name(best.precision)})")
     return "\n".join(lines)
+
+
+def _choices(value: str, allowed: tuple[str, ...], option: str) -> list[str]:
+    chosen = [item.strip() for item in value.split(",") if item.strip()]
+    unknown = sorted(set(chosen) - set(allowed))
+    if unknown or not chosen:
+        raise SystemExit(f"{option}: unknown {', '.join(unknown) or '(empty)'} (choose from {', '.join(allowed)})")
+    return chosen
 
 
 def parse_args(argv=None):
@@ -500,12 +562,15 @@ def parse_args(argv=None):
     parser.add_argument("--max-length", type=int, default=512, help="longest prompt+completion sequence")
     parser.add_argument("--min-frac", type=float, default=0.2, help="shortest sequence, as a fraction of max-length")
     parser.add_argument("--prompt-frac", type=float, default=0.3, help="mean prompt share of the shorter sequence")
-    parser.add_argument("--layouts", default=",".join(LAYOUTS))
+    parser.add_argument("--layouts", default="auto",
+                        help=f"comma list of auto, {', '.join(LAYOUTS)}; auto: what the trainer's layout=auto picks here")
+    parser.add_argument("--precision", default="auto",
+                        help=f"comma list of {', '.join(PRECISIONS)} for ours and TRL; auto: what the trainer's "
+                             "precision=auto picks here (bf16-mixed on a bf16 GPU or a CPU with native bf16, else fp32)")
     parser.add_argument("--reference", choices=[*REFERENCE_MODES, "both"], default="both")
     parser.add_argument("--vs-trl", action="store_true", help="also run TRL's DPOTrainer (needs trl installed)")
     parser.add_argument("--trl-only", action="store_true", help="with --vs-trl: skip our layouts")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--attn", default="auto", choices=["auto", "sdpa", "flex_attention", "eager"],
                         help="auto: sdpa on CPU and for padded rows; flex_attention for packed rows on a GPU")
     parser.add_argument("--max-row-tokens", type=int, default=None, help="token budget of a packed row (default: one row)")
@@ -535,16 +600,28 @@ def main(argv=None) -> None:
         result = run_one(args, json.loads(args.run_one))
         print("RESULT " + json.dumps(asdict(result)), flush=True)
         return
-    layouts = [layout.strip() for layout in args.layouts.split(",") if layout.strip()]
-    unknown = sorted(set(layouts) - set(LAYOUTS))
-    if unknown:
-        raise SystemExit(f"--layouts: unknown {', '.join(unknown)} (choose from {', '.join(LAYOUTS)})")
+    from cookbook.training.precision import resolve_precision
+
+    device = resolve_device(args)
+    default_layout = resolve_layout("auto", args, device)
+    default_precision = resolve_precision("auto", device)
+    layouts = list(dict.fromkeys(resolve_layout(lo, args, device)
+                                 for lo in _choices(args.layouts, ("auto", *LAYOUTS), "--layouts")))
+    precisions = list(dict.fromkeys(resolve_precision(p, device)
+                                    for p in _choices(args.precision, PRECISIONS, "--precision")))
     modes = REFERENCE_MODES if args.reference == "both" else (args.reference,)
-    specs = [] if args.trl_only else [{"impl": "ours", "layout": lo, "reference": m} for m in modes for lo in layouts]
+    specs = [] if args.trl_only else [{"impl": "ours", "layout": lo, "reference": m, "precision": p}
+                                      for m in modes for p in precisions for lo in layouts]
     if args.vs_trl:
         if importlib.util.find_spec("trl") is None:
             raise SystemExit("--vs-trl needs TRL: run bash benchmarks/setup_bench_env.sh and use benchmarks/.venv-bench/bin/python")
-        specs += [{"impl": "trl", "layout": "padded", "reference": m} for m in modes]
+        specs += [{"impl": "trl", "layout": "padded", "reference": m, "precision": p} for m in modes for p in precisions]
+    if args.model == "smollm2":
+        from cookbook.models import bundled_model_dir
+
+        # Convert the bundled model once, here: subprocesses that convert it at the same time
+        # replace each other's cache directory while the other is reading it.
+        bundled_model_dir()
     child_argv = [a for a in argv if a not in ("--vs-trl", "--trl-only")]
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         outcomes = list(pool.map(lambda spec: run_in_subprocess(child_argv, spec, args.timeout), specs))
@@ -553,18 +630,21 @@ def main(argv=None) -> None:
         if isinstance(outcome, str):
             print(f"{spec}: {outcome}", file=sys.stderr, flush=True)
             continue
-        print(f"{spec['impl']:4} {spec['layout']:13} {spec['reference']:11} {outcome.tokens_per_second:10,.0f} tok/s  "
+        print(f"{spec['impl']:4} {spec['layout']:13} {precision_label(outcome):10} {spec['reference']:11} "
+              f"{outcome.tokens_per_second:10,.0f} tok/s  {outcome.tokens_per_cpu_second:8,.0f} tok/CPU-s  "
               f"{outcome.step_seconds:7.2f} s/step  {outcome.note}", flush=True)
         results.append(outcome)
     print()
     print(f"model={args.model} pairs/step={args.pairs_per_step} max_length={args.max_length} "
-          f"steps={args.steps} (+{args.warmup_steps} warmup) threads={args.threads or 'default'} jobs={args.jobs}")
+          f"steps={args.steps} (+{args.warmup_steps} warmup) threads={args.threads or 'default'} jobs={args.jobs}; "
+          f"default: layout={default_layout} precision={default_precision}")
     print(format_table(results))
     print()
-    print(format_ratios(results))
+    print(format_ratios(results, default_layout, default_precision, args.max_length))
     if args.json_out:
         with open(args.json_out, "w") as f:
-            json.dump({"args": vars(args), "results": [asdict(r) for r in results]}, f, indent=2)
+            json.dump({"args": vars(args), "default": {"layout": default_layout, "precision": default_precision},
+                       "results": [asdict(r) for r in results]}, f, indent=2)
 
 
 if __name__ == "__main__":

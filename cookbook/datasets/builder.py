@@ -11,59 +11,27 @@ subclass adds no fields):
 - `row_to_comparison(row)`: one row to a `Comparison`, or `Skip("tie")`, `Skip("malformed", why)`...
 
 and may override `split_names()` when the source has its own test split. Without one, `test_size`
-pairs are carved out of the shuffled train pairs, so the two never overlap.
+pairs are carved out of the shuffled train pairs, so the two never overlap. The reading, skip
+counting, deduplication and shuffling are `SplitBuilder`'s, shared with the supervised builders.
 """
 
 from __future__ import annotations
 
-import random
-from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import chz
 
 from cookbook.datasets.comparison import Comparison, Skip, check_comparison
-from cookbook.datasets.files import FileRow
+from cookbook.datasets.split_builder import ROW_ERRORS, SkipCounts, SplitBuilder
 from cookbook.errors import UserError
 
-# Exceptions a row parser may raise on a row whose schema is not what it expects; they become
-# `malformed` skips (with the error as the example) instead of stopping a long load halfway.
-ROW_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError)
+# SkipCounts and ROW_ERRORS were first defined here; they stay importable from this module.
+__all__ = ["ROW_ERRORS", "ComparisonSplits", "DPODatasetBuilder", "NoUsablePairsError", "SkipCounts"]
 
 
 class NoUsablePairsError(UserError, ValueError):
     """Every row of a split was skipped, or too few remain for the requested test split."""
-
-
-@dataclass
-class SkipCounts:
-    """How many rows were skipped for each reason, with the first example of each reason."""
-
-    counts: Counter = field(default_factory=Counter)
-    examples: dict[str, str] = field(default_factory=dict)
-
-    def add(self, skip: Skip, where: str = "") -> None:
-        self.counts[skip.reason] += 1
-        if skip.reason not in self.examples:
-            self.examples[skip.reason] = f"{where}: {skip.detail}" if where else skip.detail
-
-    def merge(self, other: SkipCounts) -> None:
-        self.counts.update(other.counts)
-        for reason, example in other.examples.items():
-            self.examples.setdefault(reason, example)
-
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def describe(self) -> str:
-        if not self.counts:
-            return "none"
-        return ", ".join(
-            f"{reason}={count} (e.g. {self.examples.get(reason, '')})"
-            for reason, count in self.counts.items()
-        )
 
 
 @dataclass
@@ -78,8 +46,18 @@ class ComparisonSplits:
 
 
 @chz.chz
-class DPODatasetBuilder:
+class DPODatasetBuilder(SplitBuilder[Comparison]):
     """Base class of preference data sets. Configure with fields, build with `builder()`."""
+
+    item_type: ClassVar[type] = Comparison
+    item_noun: ClassVar[str] = "pairs"
+    converter_name: ClassVar[str] = "row_to_comparison"
+    limit_field: ClassVar[str] = "max_pairs"
+    duplicate_detail: ClassVar[str] = "same prompt, chosen and rejected as an earlier row"
+    no_usable_error: ClassVar[type[Exception]] = NoUsablePairsError
+    # Each split on its own, as preference data has always been deduplicated: a source's own test
+    # split stays whole, so test metrics stay comparable with earlier runs on the same data.
+    dedupe_across_splits: ClassVar[bool] = False
 
     test_size: int = chz.field(
         default=200,
@@ -89,100 +67,22 @@ class DPODatasetBuilder:
     seed: int = chz.field(default=0, doc="seed of the deterministic shuffle of both splits")
     max_pairs: int | None = chz.field(default=None, doc="use at most this many training pairs (None = all)")
 
-    # -- what a subclass writes -------------------------------------------------------------------
-
-    def split_names(self) -> tuple[str, str | None]:
-        """(train split, test split or None). With None, the test pairs are carved out of train."""
-        return ("train", None)
-
-    def load_rows(self, split: str) -> Iterable[Any]:
-        """Raw rows of one source split. Rows read from local files may be `FileRow`s: the base class
-        hands their `data` to `row_to_comparison` and uses their location in error messages."""
-        raise NotImplementedError(f"{type(self).__name__} must define load_rows(split)")
+    # -- what a subclass writes, with load_rows (and maybe split_names, on_malformed, name) --------
 
     def row_to_comparison(self, row: Any) -> Comparison | Skip:
         raise NotImplementedError(f"{type(self).__name__} must define row_to_comparison(row)")
 
-    def on_malformed(self, skip: Skip, where: str) -> None:
-        """Called for each malformed row before it is counted; raise here to make it fatal."""
-
     # -- building ---------------------------------------------------------------------------------
+
+    def convert_row(self, row: Any) -> Comparison | Skip:
+        return self.row_to_comparison(row)
+
+    def check_item(self, item: Comparison) -> Comparison | Skip:
+        return check_comparison(item)
 
     def __call__(self) -> ComparisonSplits:
         """Read, convert, deduplicate, shuffle and split. Deterministic for a given `seed`."""
         if self.test_size < 0:
             raise ValueError(f"dataset.test_size must be >= 0, got {self.test_size}")
-        if self.max_pairs is not None and self.max_pairs < 1:
-            raise ValueError(f"dataset.max_pairs must be >= 1 or None, got {self.max_pairs}")
-        train_split, test_split = self.split_names()
-        skipped = SkipCounts()
-        rows_read: dict[str, int] = {}
-
-        train, rows_read[train_split] = self._convert_split(train_split, skipped)
-        _shuffle(train, self.seed, train_split)
-        if test_split is None:
-            if self.test_size and 0 < len(train) <= self.test_size:
-                raise NoUsablePairsError(
-                    f"{self.name()}: only {len(train)} usable pairs, so carving out dataset.test_size="
-                    f"{self.test_size} test pairs leaves none to train on; lower dataset.test_size. "
-                    f"Skipped rows: {skipped.describe()}"
-                )
-            test, train = train[: self.test_size], train[self.test_size :]
-            unused = 0
-        else:
-            test, rows_read[test_split] = self._convert_split(test_split, skipped)
-            _shuffle(test, self.seed, test_split)
-            unused = max(0, len(test) - self.test_size)
-            test = test[: self.test_size]
-        if not train:
-            raise NoUsablePairsError(
-                f"{self.name()}: no usable training pairs in split {train_split!r} "
-                f"({rows_read[train_split]} rows read). Skipped rows: {skipped.describe()}"
-            )
-        if self.max_pairs is not None and len(train) > self.max_pairs:
-            unused += len(train) - self.max_pairs
-            train = train[: self.max_pairs]
-        return ComparisonSplits(train, test, rows_read, skipped, unused)
-
-    def name(self) -> str:
-        """How the summary names this data set."""
-        return type(self).__name__
-
-    def _convert_split(self, split: str, skipped: SkipCounts) -> tuple[list[Comparison], int]:
-        comparisons: list[Comparison] = []
-        seen: set[str] = set()
-        rows_read = 0
-        for rows_read, row in enumerate(self.load_rows(split), start=1):
-            where = f"{split} row {rows_read - 1}"
-            if isinstance(row, FileRow):  # rows from local files know their file and line
-                where, row, result = row.location, row.data, Skip("malformed", row.error or "")
-            if row is not None:
-                try:
-                    result = self.row_to_comparison(row)
-                except ROW_ERRORS as error:
-                    result = Skip("malformed", f"{type(error).__name__}: {error}")
-            if isinstance(result, Comparison):
-                result = check_comparison(result)
-            if isinstance(result, Comparison):
-                key = result.key()
-                if key in seen:
-                    result = Skip("duplicate", "same prompt, chosen and rejected as an earlier row")
-                else:
-                    seen.add(key)
-            if isinstance(result, Skip):
-                if result.reason == "malformed":
-                    self.on_malformed(result, where)
-                skipped.add(result, where)
-            elif isinstance(result, Comparison):
-                comparisons.append(result)
-            else:
-                raise TypeError(
-                    f"{type(self).__name__}.row_to_comparison returned {type(result).__name__}; "
-                    "expected a Comparison or a Skip"
-                )
-        return comparisons, rows_read
-
-
-def _shuffle(comparisons: list[Comparison], seed: int, split: str) -> None:
-    # A string seed (not hash()) so the order is the same in every process and Python version.
-    random.Random(f"{seed}/{split}").shuffle(comparisons)
+        splits = self.split_rows(self.load_rows, SkipCounts(), self.max_pairs)
+        return ComparisonSplits(splits.train, splits.test, splits.rows_read, splits.skipped, splits.unused)

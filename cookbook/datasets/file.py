@@ -55,18 +55,11 @@ def _completion(messages: list[Any], prompt: list[Any]) -> list[Any]:
     return messages
 
 
-@register_builder("file")
-@chz.chz
-class FileBuilder(DPODatasetBuilder):
-    """Pairs from local files; see the module docstring for the accepted row layouts."""
-
-    path: str = chz.field(doc="JSONL, JSON or Parquet file of training pairs")
-    test_path: str | None = chz.field(
-        default=None, doc="file of test pairs; without it, test_size pairs are carved out of `path`"
-    )
-    skip_malformed: bool = chz.field(
-        default=False, doc="count malformed rows as skips instead of failing on the first one"
-    )
+class LocalFileRows:
+    """What a builder of local files does besides converting a row: read `path` (and `test_path`),
+    name itself by its file and stop on a malformed row unless `skip_malformed`. Shared by
+    `FileBuilder` and `cookbook.supervised.SupervisedFileBuilder`, which declare those three fields
+    with their own docs."""
 
     def name(self) -> str:
         return self.path
@@ -77,11 +70,25 @@ class FileBuilder(DPODatasetBuilder):
     def load_rows(self, split: str) -> Iterable[Any]:
         return read_rows(self.test_path if split == "test" else self.path)
 
-    def row_to_comparison(self, row: dict[str, Any]) -> Comparison | Skip:
-        return row_to_comparison(row)
-
     def on_malformed(self, skip: Skip, where: str) -> None:
         if not self.skip_malformed:
             raise MalformedRowError(
                 f"{where}: {skip.detail} (pass dataset.skip_malformed=true to skip such rows)"
             )
+
+
+@register_builder("file")
+@chz.chz
+class FileBuilder(LocalFileRows, DPODatasetBuilder):
+    """Pairs from local files; see the module docstring for the accepted row layouts."""
+
+    path: str = chz.field(doc="JSONL, JSON or Parquet file of training pairs")
+    test_path: str | None = chz.field(
+        default=None, doc="file of test pairs; without it, test_size pairs are carved out of `path`"
+    )
+    skip_malformed: bool = chz.field(
+        default=False, doc="count malformed rows as skips instead of failing on the first one"
+    )
+
+    def row_to_comparison(self, row: dict[str, Any]) -> Comparison | Skip:
+        return row_to_comparison(row)

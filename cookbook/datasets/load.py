@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from rich.console import Console
 
 from cookbook.datasets.builder import DPODatasetBuilder, NoUsablePairsError, SkipCounts
-from cookbook.datasets.comparison import Comparison, Skip
 from cookbook.datasets.summary import DatasetSummary, LengthStats, print_summary
 from cookbook.datasets.tokenize import TokenizedPair, tokenize_comparison
 
@@ -43,8 +42,8 @@ def load_preference_data(
     splits = builder()
     skipped = SkipCounts()
     skipped.merge(splits.skipped)
-    train = _tokenize_all(splits.train, renderer, max_length, skipped, "train")
-    test = _tokenize_all(splits.test, renderer, max_length, skipped, "test")
+    train = skipped.keep((tokenize_comparison(c, renderer, max_length) for c in splits.train), "train pair")
+    test = skipped.keep((tokenize_comparison(c, renderer, max_length) for c in splits.test), "test pair")
     if not train:
         raise NoUsablePairsError(
             f"{builder.name()}: no training pair fits max_length={max_length}. Skipped rows: {skipped.describe()}"
@@ -66,15 +65,3 @@ def load_preference_data(
         print_summary(summary, console)
     return PreferenceData(train=train, test=test, summary=summary)
 
-
-def _tokenize_all(
-    comparisons: list[Comparison], renderer, max_length: int | None, skipped: SkipCounts, split: str
-) -> list[TokenizedPair]:
-    pairs = []
-    for index, comparison in enumerate(comparisons):
-        result = tokenize_comparison(comparison, renderer, max_length)
-        if isinstance(result, Skip):
-            skipped.add(result, f"{split} pair {index}")
-        else:
-            pairs.append(result)
-    return pairs

@@ -12,8 +12,6 @@ without `dataset=` (e.g. only `dataset.max_pairs=500`) applies to the default bu
 
 from __future__ import annotations
 
-import functools
-import importlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -21,11 +19,10 @@ from chz.factories import MetaFactory, MetaFromString
 from chz.tiepin import CastError
 
 from cookbook.datasets.builder import DPODatasetBuilder
-from cookbook.datasets.files import SUPPORTED_SUFFIXES
+from cookbook.datasets.builder_registry import BuilderRegistry
 
 DEFAULT_DATASET = "demo"
-# Modules whose import registers the built-in builders (kept lazy so importing the registry stays cheap
-# and free of import cycles).
+# Modules whose import registers the built-in builders (imported on first lookup).
 BUILTIN_MODULES = (
     "cookbook.datasets.demo",
     "cookbook.datasets.file",
@@ -34,30 +31,20 @@ BUILTIN_MODULES = (
     "cookbook.datasets.ultrafeedback",
 )
 
-_REGISTRY: dict[str, type[DPODatasetBuilder]] = {}
+_BUILDERS = BuilderRegistry(
+    DPODatasetBuilder, "cookbook.datasets.DPODatasetBuilder", "register_builder", BUILTIN_MODULES
+)
 BuilderT = TypeVar("BuilderT", bound=type[DPODatasetBuilder])
 
 
 def register_builder(name: str) -> Callable[[BuilderT], BuilderT]:
     """Class decorator: make a builder selectable as `dataset=<name>`."""
-
-    def register(cls: BuilderT) -> BuilderT:
-        if not (isinstance(cls, type) and issubclass(cls, DPODatasetBuilder)):
-            raise TypeError(f"register_builder({name!r}) needs a DPODatasetBuilder subclass, got {cls!r}")
-        existing = _REGISTRY.get(name)
-        if existing is not None and existing.__qualname__ != cls.__qualname__:
-            raise ValueError(f"dataset name {name!r} is already registered to {existing.__qualname__}")
-        _REGISTRY[name] = cls
-        return cls
-
-    return register
+    return _BUILDERS.register(name)
 
 
 def registered_builders() -> dict[str, type[DPODatasetBuilder]]:
     """Name -> builder class, built-ins included."""
-    for module in BUILTIN_MODULES:
-        importlib.import_module(module)
-    return dict(sorted(_REGISTRY.items()))
+    return _BUILDERS.classes()
 
 
 def resolve_builder(spec: str) -> type[DPODatasetBuilder]:
@@ -69,38 +56,13 @@ def resolve_builder(spec: str) -> type[DPODatasetBuilder]:
 
 
 def _resolve(spec: str) -> type[DPODatasetBuilder]:
-    registry = registered_builders()
-    if spec in registry:
-        return registry[spec]
-    if ":" in spec:
-        module_name, _, attribute = spec.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as error:
-            raise MetaFromString(
-                f"dataset={spec}: could not import module {module_name!r} ({type(error).__name__}: {error})"
-            ) from None
-        cls: Any = module
-        for part in attribute.split("."):
-            cls = getattr(cls, part, None)
-            if cls is None:
-                raise MetaFromString(f"dataset={spec}: module {module_name!r} has no attribute {attribute!r}")
-        if not (isinstance(cls, type) and issubclass(cls, DPODatasetBuilder)):
-            raise MetaFromString(
-                f"dataset={spec}: {attribute} is not a subclass of cookbook.datasets.DPODatasetBuilder"
-            )
-        return cls
-    raise MetaFromString(
-        f"Unknown dataset {spec!r}. Registered datasets: {', '.join(registry)}. "
-        "For your own builder give module:Class (e.g. dataset=my_package.prefs:MyBuilder)."
-    )
-
-
-def _file_builder_for(path: str) -> Callable[..., Any]:
-    """`dataset=prefs.jsonl` is shorthand for `dataset=file dataset.path=prefs.jsonl`."""
-    from cookbook.datasets.file import FileBuilder
-
-    return functools.partial(FileBuilder, path=path)
+    cls = _BUILDERS.find_class(spec)
+    if cls is None:
+        raise MetaFromString(
+            f"Unknown dataset {spec!r}. Registered datasets: {', '.join(registered_builders())}. "
+            "For your own builder give module:Class (e.g. dataset=my_package.prefs:MyBuilder)."
+        )
+    return cls
 
 
 class DatasetMetaFactory(MetaFactory):
@@ -119,9 +81,8 @@ class DatasetMetaFactory(MetaFactory):
         return _resolve(self.default)
 
     def from_string(self, factory: str) -> Callable[..., Any]:
-        if factory.lower().endswith(SUPPORTED_SUFFIXES) and ":" not in factory:
-            return _file_builder_for(factory)
-        return _resolve(factory)
+        # `dataset=prefs.jsonl` is shorthand for `dataset=file dataset.path=prefs.jsonl`.
+        return _BUILDERS.file_factory(factory) or _resolve(factory)
 
     def perform_cast(self, value: str):
         raise CastError(f"dataset={value} is not a value; dataset= takes a registered name or module:Class")

@@ -3,11 +3,14 @@
 `DatasetSummary.as_metrics()` gives flat keys (`data/train_pairs`, `data/skipped/tie`,
 `data/train/chosen_tokens_mean`, ...) with every skip reason present, zero or not, so the keys of a
 run's first log line never depend on the data. `print_summary` renders the same figures with rich.
+The helpers at the end (`count_metrics`, `counts_table`, `add_skip_rows`, `lengths_table`,
+`mean_and_max`) serve the supervised summary as well, so both data sets report rows, skips and
+lengths the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from rich.console import Console
@@ -33,17 +36,10 @@ class LengthStats:
     def of(cls, pairs: Sequence[TokenizedPair]) -> LengthStats:
         if not pairs:
             return cls()
-        prompts = [pair.prompt_length for pair in pairs]
-        chosen = [pair.chosen_completion_length for pair in pairs]
-        rejected = [pair.rejected_completion_length for pair in pairs]
-        return cls(
-            prompt_mean=sum(prompts) / len(pairs),
-            prompt_max=max(prompts),
-            chosen_mean=sum(chosen) / len(pairs),
-            chosen_max=max(chosen),
-            rejected_mean=sum(rejected) / len(pairs),
-            rejected_max=max(rejected),
-        )
+        prompt_mean, prompt_max = mean_and_max([pair.prompt_length for pair in pairs])
+        chosen_mean, chosen_max = mean_and_max([pair.chosen_completion_length for pair in pairs])
+        rejected_mean, rejected_max = mean_and_max([pair.rejected_completion_length for pair in pairs])
+        return cls(prompt_mean, prompt_max, chosen_mean, chosen_max, rejected_mean, rejected_max)
 
 
 @dataclass(frozen=True)
@@ -61,15 +57,16 @@ class DatasetSummary:
     test_lengths: LengthStats = field(default_factory=LengthStats)
 
     def as_metrics(self) -> dict[str, float]:
-        metrics: dict[str, float] = {
-            "data/rows_read": sum(self.rows_read.values()),
-            "data/train_pairs": self.train_pairs,
-            "data/test_pairs": self.test_pairs,
-            "data/unused_pairs": self.unused_pairs,
-            "data/truncated_pairs": self.truncated_pairs,
-        }
-        for reason in SKIP_REASONS:
-            metrics[f"data/skipped/{reason}"] = self.skipped.get(reason, 0)
+        metrics = count_metrics(
+            self.rows_read,
+            {
+                "train_pairs": self.train_pairs,
+                "test_pairs": self.test_pairs,
+                "unused_pairs": self.unused_pairs,
+                "truncated_pairs": self.truncated_pairs,
+            },
+            self.skipped,
+        )
         for split, stats in (("train", self.train_lengths), ("test", self.test_lengths)):
             for side in ("prompt", "chosen", "rejected"):
                 metrics[f"data/{split}/{side}_tokens_mean"] = getattr(stats, f"{side}_mean")
@@ -80,12 +77,7 @@ class DatasetSummary:
 def print_summary(summary: DatasetSummary, console: Console | None = None) -> None:
     """A short table of rows read, pairs kept, skips by reason and token lengths."""
     console = console or Console()
-    counts = Table(title=Text(f"Preference data: {summary.name}"), show_header=False, title_justify="left")
-    counts.add_column(style="bold")
-    counts.add_column(justify="right")
-    counts.add_column(style="dim")
-    reads = ", ".join(f"{split} {rows:,}" for split, rows in summary.rows_read.items())
-    counts.add_row("rows read", f"{sum(summary.rows_read.values()):,}", Text(reads))
+    counts = counts_table(f"Preference data: {summary.name}", summary.rows_read)
     counts.add_row("train pairs", f"{summary.train_pairs:,}", "")
     counts.add_row("test pairs", f"{summary.test_pairs:,}", "")
     if summary.unused_pairs:
@@ -94,16 +86,10 @@ def print_summary(summary: DatasetSummary, console: Console | None = None) -> No
         counts.add_row(
             "truncated", f"{summary.truncated_pairs:,}", f"completion cut to max_length={summary.max_length}"
         )
-    for reason, count in sorted(summary.skipped.items()):
-        if count:
-            counts.add_row(
-                f"skipped: {reason}", f"{count:,}", Text(_shorten(summary.skip_examples.get(reason, "")))
-            )
+    add_skip_rows(counts, summary.skipped, summary.skip_examples)
     console.print(counts)
 
-    lengths = Table(title="Tokens per pair (mean / max)", title_justify="left")
-    for column in ("split", "prompt", "chosen", "rejected"):
-        lengths.add_column(column, justify="left" if column == "split" else "right")
+    lengths = lengths_table("Tokens per pair (mean / max)", ("prompt", "chosen", "rejected"))
     for split, stats in (("train", summary.train_lengths), ("test", summary.test_lengths)):
         lengths.add_row(
             split,
@@ -113,6 +99,53 @@ def print_summary(summary: DatasetSummary, console: Console | None = None) -> No
             ),
         )
     console.print(lengths)
+
+
+# -- shared with the supervised summary ------------------------------------------------------------
+
+
+def mean_and_max(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, max) of a non-empty sequence."""
+    return sum(values) / len(values), max(values)
+
+
+def count_metrics(
+    rows_read: Mapping[str, int], counts: Mapping[str, float], skipped: Mapping[str, int]
+) -> dict[str, float]:
+    """`data/rows_read`, then `data/<name>` for each of `counts`, then `data/skipped/<reason>` for every
+    skip reason, zero or not (so the keys never depend on the data)."""
+    metrics: dict[str, float] = {"data/rows_read": sum(rows_read.values())}
+    metrics.update({f"data/{name}": value for name, value in counts.items()})
+    for reason in SKIP_REASONS:
+        metrics[f"data/skipped/{reason}"] = skipped.get(reason, 0)
+    return metrics
+
+
+def counts_table(title: str, rows_read: Mapping[str, int]) -> Table:
+    """A headerless (name, count, note) table that opens with the rows read per source split."""
+    table = Table(title=Text(title), show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_column(style="dim")
+    reads = ", ".join(f"{split} {rows:,}" for split, rows in rows_read.items())
+    table.add_row("rows read", f"{sum(rows_read.values()):,}", Text(reads))
+    return table
+
+
+def lengths_table(title: str, columns: Sequence[str]) -> Table:
+    """A table with a `split` column, then `columns` of figures (right-aligned)."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("split", justify="left")
+    for column in columns:
+        table.add_column(column, justify="right")
+    return table
+
+
+def add_skip_rows(table: Table, skipped: Mapping[str, int], skip_examples: Mapping[str, str]) -> None:
+    """One row per skip reason that occurred, with its first example (shortened)."""
+    for reason, count in sorted(skipped.items()):
+        if count:
+            table.add_row(f"skipped: {reason}", f"{count:,}", Text(_shorten(skip_examples.get(reason, ""))))
 
 
 def _shorten(text: str, limit: int = 90) -> str:

@@ -3,8 +3,9 @@
     inspect eval cookbook/ifeval --model cookbook//tmp/dpo/final -M renderer_name=chatml
     python -m cookbook.eval.run_inspect_evals model_path=/tmp/dpo/final   # the usual way
 
-The name after `cookbook/` is a `model_path`: a training checkpoint, a local Hugging Face directory,
-a hub id, or the bundled `smollm2-135m-instruct`. Model args (`-M`): `renderer_name`, `model_name`
+The name after `cookbook/` is a `model_path`: a training checkpoint (a LoRA run's adapter loads onto
+the base its metadata names, merged), a local Hugging Face directory, a hub id, or the bundled
+`smollm2-135m-instruct`. Model args (`-M`): `renderer_name`, `model_name`
 (the base model, when a checkpoint does not record it), `batch_size`, `max_wait_ms`, `device`, `dtype`,
 `num_threads` (torch CPU threads).
 

@@ -29,6 +29,7 @@ from cookbook.cli import run_cli
 from cookbook.errors import InvalidOptionError, UserError
 from cookbook.models import DEFAULT_MODEL
 
+InferenceDType = Literal["auto", "float32", "bfloat16", "float16"]
 DisplayType = Literal["full", "conversation", "rich", "plain", "log", "none"]
 
 
@@ -53,6 +54,11 @@ class EvalConfig:
     compare_model_name: str | None = chz.field(default=None, doc="base model of compare_model_path")
     compare_renderer_name: str | None = chz.field(default=None, doc="renderer of compare_model_path")
     device: str = chz.field(default="auto", doc="auto, cpu or cuda")
+    dtype: InferenceDType = chz.field(
+        default="auto",
+        doc="inference weights (like training's export_dtype): auto (bf16 on a GPU with bf16, else float32), "
+            "float32, bfloat16, float16",
+    )
     num_threads: int | None = chz.field(
         default=None, doc="torch CPU threads (default: torch's choice; 1 is faster on an oversubscribed CPU)"
     )
@@ -94,7 +100,8 @@ def load_model(model_path: str, model_name: str | None, renderer_name: str, conf
 
     import cookbook.eval.provider  # noqa: F401  (registers the `cookbook` model API)
 
-    model_args = {"renderer_name": renderer_name, "batch_size": config.batch_size, "device": config.device}
+    model_args = {"renderer_name": renderer_name, "batch_size": config.batch_size, "device": config.device,
+                  "dtype": config.dtype}
     if model_name:
         model_args["base_model_name"] = model_name
     if config.num_threads:

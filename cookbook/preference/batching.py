@@ -9,7 +9,8 @@ out (padded rows here; packed or prefix-shared buffers in `packing.py`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -34,19 +35,24 @@ class PairBatch:
         return int(self.pair_ids.numel())
 
     def to(self, device: torch.device) -> PairBatch:
-        def move(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t.to(device, non_blocking=True)
+        return batch_to(self, device)
 
-        return replace(
-            self,
-            input_ids=move(self.input_ids),
-            attention_mask=move(self.attention_mask),
-            position_ids=move(self.position_ids),
-            loss_tokens=self.loss_tokens.to(device),
-            chosen_index=move(self.chosen_index),
-            rejected_index=move(self.rejected_index),
-            pair_ids=move(self.pair_ids),
-        )
+
+BatchT = TypeVar("BatchT")
+
+
+def batch_to(batch: BatchT, device: torch.device) -> BatchT:
+    """A copy of a batch dataclass with every field that can move (tensors, `LossTokens`, any other
+    value with a `.to(device)`) on `device`; the rest (counts, names, None) as they are. The `.to` of
+    every batch type: pairs, supervised sequences."""
+    moved: dict[str, Any] = {}
+    for batch_field in fields(batch):
+        value = getattr(batch, batch_field.name)
+        if isinstance(value, Tensor):
+            moved[batch_field.name] = value.to(device, non_blocking=True)
+        elif callable(getattr(value, "to", None)):
+            moved[batch_field.name] = value.to(device)
+    return replace(batch, **moved)
 
 
 def real_token_count(pairs: Sequence) -> int:

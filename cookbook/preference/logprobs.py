@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from cookbook.preference.span_attention import AttentionSpans, use_span_attention
+
 DEFAULT_CHUNK_SIZE = 2048
 
 
@@ -152,20 +154,28 @@ class SequenceLogprobModel(nn.Module):
         self,
         input_ids: Tensor,
         loss_tokens: LossTokens,
-        attention_mask: Tensor | None = None,
+        attention_mask: Tensor | AttentionSpans | None = None,
         position_ids: Tensor | None = None,
     ) -> SequenceLogprobs:
+        decoder_kwargs = {}
+        if isinstance(attention_mask, AttentionSpans):
+            # Blocks of attention instead of a dense mask (span_attention.py); the model's own mask
+            # argument stays empty.
+            use_span_attention(self.causal_lm)
+            decoder_kwargs, attention_mask = {"attention_spans": attention_mask}, None
         if not self.use_chunked_head:
             with self.compute_context():
                 logits = self.causal_lm(
-                    input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+                    input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                    **decoder_kwargs,
                 ).logits
             flat_logits = logits.reshape(-1, logits.shape[-1])[loss_tokens.hidden_index]
             token_logps = naive_token_logprobs(flat_logits, loss_tokens.target_ids)
             return _reduce_to_sequences(token_logps, loss_tokens)
         with self.compute_context():
             hidden = self.causal_lm.get_decoder()(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                **decoder_kwargs,
             ).last_hidden_state
         selected = hidden.reshape(-1, hidden.shape[-1])[loss_tokens.hidden_index]
         # A float32 head: bf16 logits would add about half again to the per-token log-prob error

@@ -7,17 +7,20 @@
   after another, in one row (or rows of at most `max_row_tokens`). Position ids restart at 0 for each
   sequence and `attention_mask` is None. transformers (>= 4.56, read in masking_utils.py) then treats
   every place where the position id does not grow by exactly 1 as the start of a new document and
-  builds a per-document causal mask itself, in the form the model's attention wants: a dense bool
-  [R, 1, T, T] mask for sdpa, an additive one for eager, a BlockMask for flex_attention, varlen
-  offsets for flash_attention_2. That detection is exact for our rows, because each sequence's ids
-  start at 0 and so never continue the previous sequence's run.
+  builds a per-document causal mask itself, in the form the model's attention wants: an additive
+  mask for eager, a BlockMask for flex_attention, varlen offsets for flash_attention_2. That
+  detection is exact for our rows, because each sequence's ids start at 0 and so never continue the
+  previous sequence's run. For sdpa (`attention="sdpa"`) the batch carries `AttentionSpans` instead
+  (span_attention.py): one causal block per sequence rather than a dense row x row mask.
 - `collate_prefix_shared`: per pair [prompt, chosen completion, rejected completion], the prompt
   stored once. Both completions see the prompt and themselves causally, never each other; the
   rejected completion's position ids continue from the prompt (prompt_length, prompt_length+1, ...),
   exactly as in its own row. The state of the prompt's last token predicts the first token of *both*
   completions. Position ids alone cannot express this, so the batch carries segment ids and builds
-  an explicit mask: a dense 4D mask for sdpa/eager, a flex `BlockMask` for flex_attention (built on
-  the device in `.to(device)`, since its mask function reads the segment ids there).
+  an explicit mask: `AttentionSpans` for sdpa (the prompt+chosen block causal, the rejected block
+  against the prompt's keys and its own; span_attention.py), a dense 4D mask for eager, a flex
+  `BlockMask` for flex_attention (built on the device in `.to(device)`, since its mask function reads
+  the segment ids there).
 
 All layouts produce the same `PairBatch` contract (rows, LossTokens, chosen/rejected sequence
 indices), so `preference_forward` and `SequenceLogprobModel` serve them unchanged, and every layout
@@ -39,8 +42,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from cookbook.preference.batching import PairBatch, real_token_count
+from cookbook.preference.batching import PairBatch, batch_to, real_token_count
 from cookbook.preference.logprobs import LossTokens
+from cookbook.preference.span_attention import SPAN_ATTENTION, segment_spans
 
 Layout = Literal["padded", "packed", "prefix_shared"]
 LAYOUTS: tuple[str, ...] = ("padded", "packed", "prefix_shared")
@@ -56,7 +60,8 @@ def attention_implementation(model: torch.nn.Module) -> str:
     """The attention implementation a (possibly wrapped) HF model runs: "sdpa", "flex_attention", ..."""
     inner = getattr(model, "causal_lm", model)
     inner = getattr(inner, "module", inner)  # DDP
-    return getattr(inner.config, "_attn_implementation", None) or "sdpa"
+    attention = getattr(inner.config, "_attn_implementation", None) or "sdpa"
+    return "sdpa" if attention == SPAN_ATTENTION else attention  # sdpa that also takes spans
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,9 +95,9 @@ def segment_block_mask(segment_ids: Tensor, prefix_segment_ids: Tensor):
 
 
 def build_attention_mask(segment_ids: Tensor, prefix_segment_ids: Tensor, attention: str, dtype=torch.float32):
-    """The mask `attention` expects: bool for sdpa, additive float for eager, BlockMask for flex."""
+    """The mask `attention` expects: spans for sdpa, additive float for eager, BlockMask for flex."""
     if attention == "sdpa":
-        return segment_attention_mask(segment_ids, prefix_segment_ids)
+        return segment_spans(segment_ids, prefix_segment_ids, NO_PREFIX)
     if attention == "eager":
         allowed = segment_attention_mask(segment_ids, prefix_segment_ids)
         return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
@@ -126,15 +131,10 @@ class SegmentedPairBatch(PairBatch):
     attention: str
 
     def to(self, device: torch.device) -> SegmentedPairBatch:
-        segment_ids = self.segment_ids.to(device, non_blocking=True)
-        prefix_segment_ids = self.prefix_segment_ids.to(device, non_blocking=True)
-        plain = replace(self, attention_mask=None)
-        moved = PairBatch.to(plain, device)
+        moved = batch_to(replace(self, attention_mask=None), device)  # the segment ids move with the rest
         return replace(
             moved,
-            attention_mask=build_attention_mask(segment_ids, prefix_segment_ids, self.attention),
-            segment_ids=segment_ids,
-            prefix_segment_ids=prefix_segment_ids,
+            attention_mask=build_attention_mask(moved.segment_ids, moved.prefix_segment_ids, self.attention),
         )
 
 
@@ -375,13 +375,18 @@ def collate_packed(
     pad_token_id: int,
     max_row_tokens: int | None = None,
     pad_to_multiple_of: int = 1,
+    attention: str | None = None,
 ) -> PairBatch:
     """Pairs packed padding-free: [chosen_0, rejected_0, chosen_1, ...] per row, positions restarting
-    at 0 per sequence, attention_mask None (the model derives per-sequence causal attention from the
-    position ids; see the module docstring). `max_row_tokens` splits the pairs over several rows
-    (a pair is never split); None puts them all in one row."""
-    fields, _, _ = _collate_segments(pairs, pair_ids, pad_token_id, "packed", max_row_tokens, pad_to_multiple_of)
-    return PairBatch(attention_mask=None, **fields)
+    at 0 per sequence. attention_mask is AttentionSpans (one causal span per sequence) for
+    attention="sdpa", else None (the model derives per-sequence causal attention from the position
+    ids; see the module docstring). `max_row_tokens` splits the pairs over several rows (a pair is
+    never split); None puts them all in one row."""
+    fields, segment_ids, prefix_segment_ids = _collate_segments(
+        pairs, pair_ids, pad_token_id, "packed", max_row_tokens, pad_to_multiple_of
+    )
+    spans = segment_spans(segment_ids, prefix_segment_ids, NO_PREFIX) if attention == "sdpa" else None
+    return PairBatch(attention_mask=spans, **fields)
 
 
 def collate_prefix_shared(
@@ -395,7 +400,7 @@ def collate_prefix_shared(
     """Pairs as [prompt, chosen completion, rejected completion], the prompt computed once per pair.
 
     `attention` is the model's attention implementation (`attention_implementation(model)`), which
-    decides the mask's form: "sdpa" (dense bool), "eager" (dense additive) or "flex_attention"
+    decides the mask's form: "sdpa" (AttentionSpans), "eager" (dense additive) or "flex_attention"
     (BlockMask; pass pad_to_multiple_of=FLEX_BLOCK_SIZE). Requires chosen.tokens[:prompt_length] ==
     rejected.tokens[:prompt_length]; raises ValueError naming the pair otherwise.
     """
@@ -427,7 +432,8 @@ def collate_pairs(
     if layout == "padded":
         return collate_padded(pairs, pair_ids, pad_token_id)
     if layout == "packed":
-        return collate_packed(pairs, pair_ids, pad_token_id, max_row_tokens, pad_to_multiple_of=multiple)
+        return collate_packed(pairs, pair_ids, pad_token_id, max_row_tokens, pad_to_multiple_of=multiple,
+                              attention=attention)
     if layout == "prefix_shared":
         return collate_prefix_shared(
             pairs, pair_ids, pad_token_id, attention, max_row_tokens, pad_to_multiple_of=multiple

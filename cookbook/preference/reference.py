@@ -9,6 +9,7 @@ data or model recomputes it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 
 from cookbook.preference.batching import PairBatch
 from cookbook.preference.step import reference_pair_logps
+from cookbook.training.lora import is_adapter_parameter
 
 CACHE_NAME = "reference_logps.pt"
 
@@ -35,9 +37,12 @@ def data_fingerprint(pairs: Sequence) -> str:
 
 @torch.no_grad()
 def model_fingerprint(model: nn.Module) -> str:
-    """Cheap and order-sensitive: per-tensor sums and sums of squares of every parameter."""
+    """Cheap and order-sensitive: per-tensor sums and sums of squares of every parameter. LoRA
+    adapters are left out: the reference of a LoRA run is the model with its adapters off."""
     digest = hashlib.sha256()
     for name, param in model.named_parameters():
+        if is_adapter_parameter(name):
+            continue
         p = param.detach().double()
         digest.update(name.encode())
         digest.update(torch.stack([p.sum(), (p * p).sum()]).cpu().numpy().tobytes())
@@ -138,10 +143,12 @@ class TableReference:
 
 
 class ModelReference:
-    """Reference log-probs from a frozen model run on the same batch as the policy."""
+    """Reference log-probs from a frozen model run on the same batch as the policy, inside
+    `context` (the policy with its LoRA adapters off is such a model)."""
 
-    def __init__(self, model: nn.Module):
-        self.model = model
+    def __init__(self, model: nn.Module, context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+        self.model, self.context = model, context
 
     def __call__(self, batch: PairBatch) -> tuple[Tensor, Tensor]:
-        return reference_pair_logps(self.model, batch)
+        with self.context():
+            return reference_pair_logps(self.model, batch)

@@ -3,10 +3,14 @@
 With `precompute_reference=true` (the default) the reference runs once over all pairs; when the
 reference is the starting policy and we are not resuming, the policy itself (identical weights,
 before any update) computes them, so no second model is ever loaded.
+
+With LoRA the reference is the policy with its adapters off, precomputed or in every step (and on
+resume too): the base weights never change, so it is the starting model without a second copy.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,12 +28,13 @@ class ReferenceSource:
 
     tables: dict[str, torch.Tensor] | None = None
     model: torch.nn.Module | None = None
+    context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     def for_split(self, split: str) -> Callable | None:
         if self.tables is not None:
             return ref.TableReference(self.tables[split])
         if self.model is not None:
-            return ref.ModelReference(self.model)
+            return ref.ModelReference(self.model, self.context)
         return None
 
 
@@ -45,19 +50,26 @@ def prepare_reference(run, policy: torch.nn.Module, policy_fingerprint: str, ref
     config, info, console = run.config, run.info, run.console
     if not config.loss_settings.needs_reference:
         return ReferenceSource()
+    adapters_off = run.lora.adapters_off if run.lora is not None and reference_name == start_name else None
     reuse_policy = reference_name == start_name and not run.resumed
 
     def load_reference() -> tuple[torch.nn.Module, str]:
         """The reference model and its weights' fingerprint (taken before FSDP shards them)."""
+        if adapters_off is not None:
+            # Under DDP the bare module: a forward without gradients needs none of DDP's hooks.
+            return dist_utils.unwrap(policy), policy_fingerprint
         if reuse_policy and config.precompute_reference:
             return policy, policy_fingerprint
-        causal_lm = run.load_model(reference_name)
+        causal_lm = run.load_model(reference_name, trainable=False)
         causal_lm.requires_grad_(False)
         model = SequenceLogprobModel(causal_lm, compute_context=run.plan.autocast)
         fingerprint = ref.model_fingerprint(model)
         return run.wrap(model, causal_lm, trainable=False).eval(), fingerprint
 
     if not config.precompute_reference:
+        if adapters_off is not None:
+            console.print("Reference model: the policy with its LoRA adapters off, run in every step")
+            return ReferenceSource(model=load_reference()[0], context=adapters_off)
         console.print(f"Reference model: {reference_name} (frozen copy, run in every step)")
         return ReferenceSource(model=load_reference()[0])
 
@@ -87,12 +99,13 @@ def prepare_reference(run, policy: torch.nn.Module, policy_fingerprint: str, ref
     reference_model.eval()
     # FSDP gathers weights in every forward, collectively: all ranks must run as many.
     collective = run.strategy == "fsdp"
-    for split, pairs in (("train", data.train), ("test", data.test)):
-        todo = ref.batches_to_fill(tables[split], batches[split])
-        num_forwards = int(dist_utils.all_reduce_max(len(todo), info)) if collective else len(todo)
-        new_rows = ref.fill_reference_logps(reference_model, pairs, todo, num_forwards, len(pairs), collate,
-                                            info.device, info.is_main, desc=f"reference log-probs ({split})")
-        tables[split] = ref.merge_tables(tables[split], _combine_ranks(new_rows, info))
+    with (adapters_off or contextlib.nullcontext)():
+        for split, pairs in (("train", data.train), ("test", data.test)):
+            todo = ref.batches_to_fill(tables[split], batches[split])
+            num_forwards = int(dist_utils.all_reduce_max(len(todo), info)) if collective else len(todo)
+            new_rows = ref.fill_reference_logps(reference_model, pairs, todo, num_forwards, len(pairs), collate,
+                                                info.device, info.is_main, desc=f"reference log-probs ({split})")
+            tables[split] = ref.merge_tables(tables[split], _combine_ranks(new_rows, info))
     reference_model.train(was_training)
     if info.is_main:
         ref.save_cache(config.log_path, key, data_key, tables)

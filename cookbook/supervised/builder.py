@@ -11,21 +11,21 @@ A subclass writes two methods and is decorated with `@chz.chz`:
 - `row_to_example(row)`: one row to a `Conversation`, or `Skip("malformed", why)`, `Skip("filtered")`...
 
 and may override `split_names()` when the source has its own test split. Without one, `test_size`
-conversations are carved out of the shuffled train conversations, so the two never overlap.
+conversations are carved out of the shuffled train conversations, so the two never overlap. The
+reading, skip counting, deduplication and shuffling are `cookbook.datasets.split_builder.SplitBuilder`'s,
+shared with the preference builders.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import chz
 
-from cookbook.datasets.builder import ROW_ERRORS, SkipCounts
 from cookbook.datasets.comparison import Skip
-from cookbook.datasets.files import FileRow
+from cookbook.datasets.split_builder import SkipCounts, SplitBuilder
 from cookbook.errors import UserError
 from cookbook.supervised.example import Conversation, check_conversation
 
@@ -46,8 +46,18 @@ class ExampleSplits:
 
 
 @chz.chz
-class SupervisedDatasetBuilder:
+class SupervisedDatasetBuilder(SplitBuilder[Conversation]):
     """Base class of supervised data sets. Configure with fields, build with `builder()`."""
+
+    item_type: ClassVar[type] = Conversation
+    item_noun: ClassVar[str] = "conversations"
+    converter_name: ClassVar[str] = "row_to_example"
+    limit_field: ClassVar[str] = "max_examples"
+    duplicate_detail: ClassVar[str] = "same messages as an earlier row (of either split)"
+    no_usable_error: ClassVar[type[Exception]] = NoUsableExamplesError
+    # So no test conversation is also trained on (the chosen replies of preference pairs that share
+    # a prompt and chosen reply across splits would otherwise be).
+    dedupe_across_splits: ClassVar[bool] = True
 
     test_size: int | None = chz.field(
         default=200,
@@ -59,28 +69,18 @@ class SupervisedDatasetBuilder:
         default=None, doc="use at most this many training conversations (None = all)"
     )
 
-    # -- what a subclass writes -------------------------------------------------------------------
-
-    def split_names(self) -> tuple[str, str | None]:
-        """(train split, test split or None). With None, the test examples are carved out of train."""
-        return ("train", None)
-
-    def load_rows(self, split: str) -> Iterable[Any]:
-        """Raw rows of one source split. Rows read from local files may be `FileRow`s: the base class
-        hands their `data` to `row_to_example` and uses their location in error messages."""
-        raise NotImplementedError(f"{type(self).__name__} must define load_rows(split)")
+    # -- what a subclass writes, with load_rows (and maybe split_names, on_malformed, name) --------
 
     def row_to_example(self, row: Any) -> Conversation | Skip:
         raise NotImplementedError(f"{type(self).__name__} must define row_to_example(row)")
 
-    def on_malformed(self, skip: Skip, where: str) -> None:
-        """Called for each malformed row before it is counted; raise here to make it fatal."""
-
-    def name(self) -> str:
-        """How the summary names this data set."""
-        return type(self).__name__
-
     # -- building ---------------------------------------------------------------------------------
+
+    def convert_row(self, row: Any) -> Conversation | Skip:
+        return self.row_to_example(row)
+
+    def check_item(self, item: Conversation) -> Conversation | Skip:
+        return check_conversation(item)
 
     def __call__(self) -> ExampleSplits:
         """Read, convert, deduplicate, shuffle and split. Deterministic for a given `seed`."""
@@ -91,79 +91,5 @@ class SupervisedDatasetBuilder:
         (a builder that reads all its splits at once passes them in here)."""
         if self.test_size is not None and self.test_size < 0:
             raise ValueError(f"dataset.test_size must be >= 0 or None, got {self.test_size}")
-        if self.max_examples is not None and self.max_examples < 1:
-            raise ValueError(f"dataset.max_examples must be >= 1 or None, got {self.max_examples}")
-        train_split, test_split = self.split_names()
-        rows_read: dict[str, int] = {}
-        seen: set[str] = set()  # shared by both splits, so no test conversation is also trained on
-        train, rows_read[train_split] = self._convert_split(train_split, load_rows(train_split), skipped, seen)
-        _shuffle(train, self.seed, train_split)
-        unused = 0
-        if test_split is None:
-            if self.test_size is None:
-                raise ValueError(
-                    f"{self.name()} has no test split of its own, so dataset.test_size=None (all of it) means "
-                    "nothing; give the number of conversations to carve out of the training rows"
-                )
-            if self.test_size and len(train) <= self.test_size:
-                raise NoUsableExamplesError(
-                    f"{self.name()}: only {len(train)} usable conversations, so carving out dataset.test_size="
-                    f"{self.test_size} leaves none to train on; lower dataset.test_size. "
-                    f"Skipped rows: {skipped.describe()}"
-                )
-            test, train = train[: self.test_size], train[self.test_size :]
-        else:
-            test, rows_read[test_split] = self._convert_split(test_split, load_rows(test_split), skipped, seen)
-            _shuffle(test, self.seed, test_split)
-            if self.test_size is not None:
-                unused = max(0, len(test) - self.test_size)
-                test = test[: self.test_size]
-        if not train:
-            raise NoUsableExamplesError(
-                f"{self.name()}: no usable training conversations in split {train_split!r} "
-                f"({rows_read[train_split]} rows read). Skipped rows: {skipped.describe()}"
-            )
-        if self.max_examples is not None and len(train) > self.max_examples:
-            unused += len(train) - self.max_examples
-            train = train[: self.max_examples]
-        return ExampleSplits(train, test, rows_read, skipped, unused)
-
-    def _convert_split(
-        self, split: str, rows: Iterable[Any], skipped: SkipCounts, seen: set[str]
-    ) -> tuple[list[Conversation], int]:
-        conversations: list[Conversation] = []
-        rows_read = 0
-        for rows_read, row in enumerate(rows, start=1):
-            where = f"{split} row {rows_read - 1}"
-            if isinstance(row, FileRow):  # rows from local files know their file and line
-                where, row, result = row.location, row.data, Skip("malformed", row.error or "")
-            if row is not None:
-                try:
-                    result = self.row_to_example(row)
-                except ROW_ERRORS as error:
-                    result = Skip("malformed", f"{type(error).__name__}: {error}")
-            if isinstance(result, Conversation):
-                result = check_conversation(result)
-            if isinstance(result, Conversation):
-                key = result.key()
-                if key in seen:
-                    result = Skip("duplicate", "same messages as an earlier row (of either split)")
-                else:
-                    seen.add(key)
-            if isinstance(result, Skip):
-                if result.reason == "malformed":
-                    self.on_malformed(result, where)
-                skipped.add(result, where)
-            elif isinstance(result, Conversation):
-                conversations.append(result)
-            else:
-                raise TypeError(
-                    f"{type(self).__name__}.row_to_example returned {type(result).__name__}; "
-                    "expected a Conversation or a Skip"
-                )
-        return conversations, rows_read
-
-
-def _shuffle(conversations: list[Conversation], seed: int, split: str) -> None:
-    # A string seed (not hash()) so the order is the same in every process and Python version.
-    random.Random(f"{seed}/{split}").shuffle(conversations)
+        splits = self.split_rows(load_rows, skipped, self.max_examples)
+        return ExampleSplits(splits.train, splits.test, splits.rows_read, splits.skipped, splits.unused)

@@ -15,13 +15,14 @@ trained-token counts whichever layout is used, equal up to float rounding.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+from cookbook.preference.batching import batch_to
 from cookbook.preference.collate import PACKABLE_ATTENTIONS, CollatePlan
 from cookbook.preference.logprobs import LossTokens, pad_batch, padded_loss_tokens
 from cookbook.preference.packing import (
@@ -52,17 +53,7 @@ class SupervisedBatch:
         return int(self.example_ids.numel())
 
     def to(self, device: torch.device) -> SupervisedBatch:
-        def move(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t.to(device, non_blocking=True)
-
-        return replace(
-            self,
-            input_ids=move(self.input_ids),
-            attention_mask=move(self.attention_mask),
-            position_ids=move(self.position_ids),
-            loss_tokens=self.loss_tokens.to(device),
-            example_ids=move(self.example_ids),
-        )
+        return batch_to(self, device)
 
 
 def _check(sequences: Sequence, example_ids: Sequence[int]) -> None:

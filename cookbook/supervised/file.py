@@ -14,14 +14,12 @@ line and field, before anything is returned; with `skip_malformed=true` it is co
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import chz
 
 from cookbook.datasets.comparison import Skip
-from cookbook.datasets.file import MalformedRowError
-from cookbook.datasets.files import read_rows
+from cookbook.datasets.file import LocalFileRows
 from cookbook.supervised.builder import SupervisedDatasetBuilder
 from cookbook.supervised.example import (
     Conversation,
@@ -45,7 +43,7 @@ def row_to_conversation(row: dict[str, Any]) -> Conversation | Skip:
 
 @register_supervised_builder("file")
 @chz.chz
-class SupervisedFileBuilder(SupervisedDatasetBuilder):
+class SupervisedFileBuilder(LocalFileRows, SupervisedDatasetBuilder):
     """Conversations from local files; see the module docstring for the accepted row layouts."""
 
     path: str = chz.field(doc="JSONL, JSON or Parquet file of training conversations")
@@ -56,20 +54,5 @@ class SupervisedFileBuilder(SupervisedDatasetBuilder):
         default=False, doc="count malformed rows as skips instead of failing on the first one"
     )
 
-    def name(self) -> str:
-        return self.path
-
-    def split_names(self) -> tuple[str, str | None]:
-        return ("train", "test" if self.test_path is not None else None)
-
-    def load_rows(self, split: str) -> Iterable[Any]:
-        return read_rows(self.test_path if split == "test" else self.path)
-
     def row_to_example(self, row: dict[str, Any]) -> Conversation | Skip:
         return row_to_conversation(row)
-
-    def on_malformed(self, skip: Skip, where: str) -> None:
-        if not self.skip_malformed:
-            raise MalformedRowError(
-                f"{where}: {skip.detail} (pass dataset.skip_malformed=true to skip such rows)"
-            )

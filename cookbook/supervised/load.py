@@ -12,15 +12,14 @@ when `verbose` (pass False on all ranks but rank 0, or a quiet console).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from rich.console import Console
 
 from cookbook.datasets.builder import SkipCounts
-from cookbook.datasets.comparison import Skip
 from cookbook.renderers.base import TrainOn
 from cookbook.supervised.builder import NoUsableExamplesError, SupervisedDatasetBuilder
-from cookbook.supervised.example import Conversation
 from cookbook.supervised.summary import SequenceLengthStats, SupervisedDataSummary, print_supervised_summary
 from cookbook.supervised.tokenize import SupervisedSequence, tokenize_conversation
 
@@ -47,8 +46,9 @@ def load_supervised_data(
     splits = builder()
     skipped = SkipCounts()
     skipped.merge(splits.skipped)
-    train = _tokenize_all(splits.train, renderer, max_length, train_on, skipped, "train")
-    test = _tokenize_all(splits.test, renderer, max_length, train_on, skipped, "test")
+    tokenize = functools.partial(tokenize_conversation, renderer=renderer, max_length=max_length, train_on=train_on)
+    train = skipped.keep(map(tokenize, splits.train), "train example")
+    test = skipped.keep(map(tokenize, splits.test), "test example")
     if not train:
         raise NoUsableExamplesError(
             f"{builder.name()}: no training conversation fits max_length={max_length}. "
@@ -72,16 +72,3 @@ def load_supervised_data(
         print_supervised_summary(summary, console)
     return SupervisedData(train=train, test=test, summary=summary)
 
-
-def _tokenize_all(
-    conversations: list[Conversation], renderer, max_length: int | None, train_on: TrainOn,
-    skipped: SkipCounts, split: str,
-) -> list[SupervisedSequence]:
-    sequences = []
-    for index, conversation in enumerate(conversations):
-        result = tokenize_conversation(conversation, renderer, max_length, train_on)
-        if isinstance(result, Skip):
-            skipped.add(result, f"{split} example {index}")
-        else:
-            sequences.append(result)
-    return sequences

@@ -19,54 +19,43 @@ A field override given without `dataset=` (e.g. only `dataset.test_size=50`) app
 
 from __future__ import annotations
 
-import functools
-import importlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from chz.factories import MetaFactory, MetaFromString
 from chz.tiepin import CastError
 
-from cookbook.datasets.files import SUPPORTED_SUFFIXES
+from cookbook.datasets.builder_registry import BuilderRegistry
 from cookbook.supervised.builder import SupervisedDatasetBuilder
 
 DEFAULT_SUPERVISED_DATASET = "chosen:demo"  # the chosen side of the bundled demo pairs
 CHOSEN_PREFIX = "chosen:"
-# Modules whose import registers the built-in builders (kept lazy to avoid import cycles).
+# Modules whose import registers the built-in builders (imported on first lookup).
 BUILTIN_MODULES = (
     "cookbook.supervised.chosen",
     "cookbook.supervised.file",
     "cookbook.supervised.no_robots",
 )
 
-_REGISTRY: dict[str, type[SupervisedDatasetBuilder]] = {}
+_BUILDERS = BuilderRegistry(
+    SupervisedDatasetBuilder,
+    "cookbook.supervised.SupervisedDatasetBuilder",
+    "register_supervised_builder",
+    BUILTIN_MODULES,
+)
 BuilderT = TypeVar("BuilderT", bound=type[SupervisedDatasetBuilder])
 
 
 def register_supervised_builder(name: str) -> Callable[[BuilderT], BuilderT]:
     """Class decorator: make a supervised builder selectable as `dataset=<name>`."""
-
-    def register(cls: BuilderT) -> BuilderT:
-        if not (isinstance(cls, type) and issubclass(cls, SupervisedDatasetBuilder)):
-            raise TypeError(
-                f"register_supervised_builder({name!r}) needs a SupervisedDatasetBuilder subclass, got {cls!r}"
-            )
-        if name.startswith(CHOSEN_PREFIX):
-            raise ValueError(f"dataset names starting with {CHOSEN_PREFIX!r} are reserved")
-        existing = _REGISTRY.get(name)
-        if existing is not None and existing.__qualname__ != cls.__qualname__:
-            raise ValueError(f"dataset name {name!r} is already registered to {existing.__qualname__}")
-        _REGISTRY[name] = cls
-        return cls
-
-    return register
+    if name.startswith(CHOSEN_PREFIX):
+        raise ValueError(f"dataset names starting with {CHOSEN_PREFIX!r} are reserved")
+    return _BUILDERS.register(name)
 
 
 def registered_supervised_builders() -> dict[str, type[SupervisedDatasetBuilder]]:
     """Name -> builder class, built-ins included."""
-    for module in BUILTIN_MODULES:
-        importlib.import_module(module)
-    return dict(sorted(_REGISTRY.items()))
+    return _BUILDERS.classes()
 
 
 def resolve_supervised_builder(spec: str) -> Callable[..., SupervisedDatasetBuilder]:
@@ -82,40 +71,14 @@ def _factory_for(spec: str) -> Callable[..., SupervisedDatasetBuilder]:
         from cookbook.supervised.chosen import chosen_builder_for
 
         return chosen_builder_for(spec.removeprefix(CHOSEN_PREFIX))
-    if spec.lower().endswith(SUPPORTED_SUFFIXES) and ":" not in spec:
-        from cookbook.supervised.file import SupervisedFileBuilder
-
-        return functools.partial(SupervisedFileBuilder, path=spec)
-    return _resolve_class(spec)
-
-
-def _resolve_class(spec: str) -> type[SupervisedDatasetBuilder]:
-    registry = registered_supervised_builders()
-    if spec in registry:
-        return registry[spec]
-    if ":" in spec:
-        module_name, _, attribute = spec.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as error:
-            raise MetaFromString(
-                f"dataset={spec}: could not import module {module_name!r} ({type(error).__name__}: {error})"
-            ) from None
-        cls: Any = module
-        for part in attribute.split("."):
-            cls = getattr(cls, part, None)
-            if cls is None:
-                raise MetaFromString(f"dataset={spec}: module {module_name!r} has no attribute {attribute!r}")
-        if not (isinstance(cls, type) and issubclass(cls, SupervisedDatasetBuilder)):
-            raise MetaFromString(
-                f"dataset={spec}: {attribute} is not a subclass of cookbook.supervised.SupervisedDatasetBuilder"
-            )
-        return cls
-    raise MetaFromString(
-        f"Unknown supervised dataset {spec!r}. Registered datasets: {', '.join(registry)}; "
-        f"or {CHOSEN_PREFIX}<preference dataset> (e.g. {CHOSEN_PREFIX}demo), a .jsonl/.json/.parquet file, "
-        "or module:Class for your own builder."
-    )
+    factory = _BUILDERS.file_factory(spec) or _BUILDERS.find_class(spec)
+    if factory is None:
+        raise MetaFromString(
+            f"Unknown supervised dataset {spec!r}. Registered datasets: {', '.join(registered_supervised_builders())}; "
+            f"or {CHOSEN_PREFIX}<preference dataset> (e.g. {CHOSEN_PREFIX}demo), a .jsonl/.json/.parquet file, "
+            "or module:Class for your own builder."
+        )
+    return factory
 
 
 class SupervisedDatasetMetaFactory(MetaFactory):

@@ -2,7 +2,8 @@
 
 `SupervisedDataSummary.as_metrics()` gives flat keys (`data/train_examples`, `data/skipped/duplicate`,
 `data/train/trained_tokens_mean`, ...) with every skip reason present, zero or not, so the keys of a
-run's first log line never depend on the data; the same style as the preference summary.
+run's first log line never depend on the data. The counts, skips and rows-read parts come from the
+preference summary's helpers, so the two read alike.
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ from dataclasses import dataclass, field
 
 from rich.console import Console
 from rich.panel import Panel
-from rich.table import Table
-from rich.text import Text
 
-from cookbook.datasets.comparison import SKIP_REASONS
+from cookbook.datasets.summary import add_skip_rows, count_metrics, counts_table, lengths_table, mean_and_max
 from cookbook.supervised.tokenize import SupervisedSequence
 from cookbook.training.display import weighted_tokens_text
 
@@ -34,15 +33,10 @@ class SequenceLengthStats:
     def of(cls, sequences: Sequence[SupervisedSequence]) -> SequenceLengthStats:
         if not sequences:
             return cls()
-        lengths = [len(sequence) for sequence in sequences]
+        tokens_mean, tokens_max = mean_and_max([len(sequence) for sequence in sequences])
         trained = [sequence.num_trained_tokens for sequence in sequences]
-        return cls(
-            tokens_mean=sum(lengths) / len(lengths),
-            tokens_max=max(lengths),
-            trained_mean=sum(trained) / len(trained),
-            trained_max=max(trained),
-            trained_total=sum(trained),
-        )
+        trained_mean, trained_max = mean_and_max(trained)
+        return cls(tokens_mean, tokens_max, trained_mean, trained_max, trained_total=sum(trained))
 
 
 @dataclass(frozen=True)
@@ -61,15 +55,16 @@ class SupervisedDataSummary:
     test_lengths: SequenceLengthStats = field(default_factory=SequenceLengthStats)
 
     def as_metrics(self) -> dict[str, float]:
-        metrics: dict[str, float] = {
-            "data/rows_read": sum(self.rows_read.values()),
-            "data/train_examples": self.train_examples,
-            "data/test_examples": self.test_examples,
-            "data/unused_examples": self.unused_examples,
-            "data/truncated_examples": self.truncated_examples,
-        }
-        for reason in SKIP_REASONS:
-            metrics[f"data/skipped/{reason}"] = self.skipped.get(reason, 0)
+        metrics = count_metrics(
+            self.rows_read,
+            {
+                "train_examples": self.train_examples,
+                "test_examples": self.test_examples,
+                "unused_examples": self.unused_examples,
+                "truncated_examples": self.truncated_examples,
+            },
+            self.skipped,
+        )
         for split, stats in (("train", self.train_lengths), ("test", self.test_lengths)):
             metrics[f"data/{split}/tokens_mean"] = stats.tokens_mean
             metrics[f"data/{split}/tokens_max"] = stats.tokens_max
@@ -82,12 +77,7 @@ class SupervisedDataSummary:
 def print_supervised_summary(summary: SupervisedDataSummary, console: Console | None = None) -> None:
     """A short table of rows read, conversations kept, skips by reason and token lengths."""
     console = console or Console()
-    counts = Table(title=Text(f"Supervised data: {summary.name}"), show_header=False, title_justify="left")
-    counts.add_column(style="bold")
-    counts.add_column(justify="right")
-    counts.add_column(style="dim")
-    reads = ", ".join(f"{split} {rows:,}" for split, rows in summary.rows_read.items())
-    counts.add_row("rows read", f"{sum(summary.rows_read.values()):,}", Text(reads))
+    counts = counts_table(f"Supervised data: {summary.name}", summary.rows_read)
     counts.add_row("train examples", f"{summary.train_examples:,}", f"train_on={summary.train_on}")
     counts.add_row("test examples", f"{summary.test_examples:,}", "")
     if summary.unused_examples:
@@ -96,15 +86,10 @@ def print_supervised_summary(summary: SupervisedDataSummary, console: Console | 
         counts.add_row(
             "truncated", f"{summary.truncated_examples:,}", f"cut to max_length={summary.max_length}"
         )
-    for reason, count in sorted(summary.skipped.items()):
-        if count:
-            example = summary.skip_examples.get(reason, "")
-            counts.add_row(f"skipped: {reason}", f"{count:,}", Text(example if len(example) <= 90 else example[:89] + "…"))
+    add_skip_rows(counts, summary.skipped, summary.skip_examples)
     console.print(counts)
 
-    lengths = Table(title="Tokens per example (mean / max)", title_justify="left")
-    for column in ("split", "tokens", "trained", "trained in all"):
-        lengths.add_column(column, justify="left" if column == "split" else "right")
+    lengths = lengths_table("Tokens per example (mean / max)", ("tokens", "trained", "trained in all"))
     for split, stats in (("train", summary.train_lengths), ("test", summary.test_lengths)):
         lengths.add_row(
             split,

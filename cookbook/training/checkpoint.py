@@ -3,7 +3,8 @@
 A checkpoint `step_000040/` (or `final/`) is a `save_pretrained` directory (safetensors weights,
 tokenizer) that transformers and our eval load directly, plus `cookbook_checkpoint.json` (renderer,
 base model, step) and, for resumable checkpoints, `training_state.pt` (optimizer, scheduler, RNG,
-data position). It is written under a hidden staging name (`.step_000040.tmp-*`) and renamed into
+data position). A LoRA run's checkpoint holds a peft adapter (`adapter_config.json`,
+`adapter_model.safetensors`) in place of the weights (see `lora.py`). It is written under a hidden staging name (`.step_000040.tmp-*`) and renamed into
 place, and only then listed in checkpoints.jsonl, so a crash mid-write never leaves a checkpoint
 that resume would pick; `clean_stale_staging` removes what such a crash left. Only the newest
 checkpoint keeps its optimizer state (it is twice the model's size), and `prune_checkpoints` keeps
@@ -24,11 +25,13 @@ import random
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from cookbook.errors import UserError
+from cookbook.training.lora import ADAPTER_CONFIG_NAME
 
 INDEX_NAME = "checkpoints.jsonl"
 METADATA_NAME = "cookbook_checkpoint.json"
@@ -62,8 +65,11 @@ def save_checkpoint(
     tokenizer,
     metadata: dict,
     training_state: dict | None,
+    write_weights: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write one checkpoint atomically (rank 0 only) and record it in checkpoints.jsonl.
+    """Write one checkpoint atomically (rank 0 only) and record it in checkpoints.jsonl. The weights
+    are `model_state` saved through `causal_lm.save_pretrained`, or whatever `write_weights(directory)`
+    writes instead (a LoRA adapter).
 
     Raises DiskFullError, leaving no staging directory, when the disk fills up during the write."""
     log_path = Path(log_path)
@@ -72,7 +78,10 @@ def save_checkpoint(
     renamed = False
     try:
         staging = Path(tempfile.mkdtemp(dir=log_path, prefix=f".{name}.tmp-"))
-        causal_lm.save_pretrained(staging, state_dict=model_state, safe_serialization=True)
+        if write_weights is not None:
+            write_weights(staging)
+        else:
+            causal_lm.save_pretrained(staging, state_dict=model_state, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         (staging / METADATA_NAME).write_text(json.dumps({**metadata, "step": step}, indent=2))
         if training_state is not None:
@@ -181,7 +190,7 @@ def latest_resumable_checkpoint(log_path: str | Path) -> dict | None:
     is where it is now."""
     for entry in reversed(read_index(log_path)):
         path = checkpoint_dir(log_path, entry)
-        if entry.get("resumable") and (path / TRAINING_STATE_NAME).exists() and (path / "config.json").exists():
+        if entry.get("resumable") and (path / TRAINING_STATE_NAME).exists() and holds_weights(path):
             return {**entry, "path": str(path)}
     return None
 
@@ -191,9 +200,14 @@ def final_checkpoint(log_path: str | Path) -> Path | None:
     index = read_index(log_path)
     if index and index[-1]["name"] == "final":
         path = checkpoint_dir(log_path, index[-1])
-        if (path / "config.json").exists():
+        if holds_weights(path):
             return path
     return None
+
+
+def holds_weights(path: Path) -> bool:
+    """A complete checkpoint directory: a model's config, or a LoRA adapter's."""
+    return (path / "config.json").exists() or (path / ADAPTER_CONFIG_NAME).exists()
 
 
 def load_training_state(path: str | Path) -> dict:

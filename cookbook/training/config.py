@@ -15,6 +15,7 @@ import chz
 from cookbook.models import DEFAULT_MODEL, Device
 from cookbook.training import distributed as dist_utils
 from cookbook.training.log_dir import LogDirBehavior
+from cookbook.training.lora import ALL_LINEAR, DEFAULT_ALPHA, parse_target_modules
 from cookbook.training.precision import PRECISIONS, Precision
 from cookbook.training.progress import Display
 from cookbook.training.schedule import LRSchedule
@@ -52,6 +53,23 @@ class TrainingConfig:
     export_dtype: ExportDType = chz.field(
         default="float32",
         doc="Weights dtype of final/: float32 (exact) or bfloat16 (half the size, rounds each weight to 3 digits)",
+    )
+    lora_rank: int = chz.field(
+        default=0, doc="Train rank-N LoRA adapters (peft) instead of every weight; 0: full fine-tuning"
+    )
+    lora_alpha: float = chz.field(
+        default=DEFAULT_ALPHA, doc="LoRA scale: the adapters' update is multiplied by lora_alpha / lora_rank"
+    )
+    lora_dropout: float = chz.field(
+        default=0.0, doc="Dropout on the adapters' input; 0 keeps log-probs deterministic, which DPO's reference needs"
+    )
+    lora_target_modules: str = chz.field(
+        default=ALL_LINEAR,
+        doc="Modules given adapters: all-linear (every linear layer of the decoder) or names, comma-separated "
+            "(q_proj,v_proj); lm_head and embed_tokens only when asked, and only on a model that does not tie them",
+    )
+    write_merged_final: bool = chz.field(
+        default=True, doc="With LoRA, final/ also holds merged/: the full model with the adapters merged in"
     )
     device: Device = chz.field(default="auto", doc="auto, cpu or cuda")
     gradient_checkpointing: bool = chz.field(default=False, doc="Recompute activations in backward (long sequences)")
@@ -103,6 +121,23 @@ class TrainingConfig:
             raise ValueError(f"max_steps must be > 0, got {self.max_steps}")
         if self.keep_last_checkpoints is not None and self.keep_last_checkpoints < 1:
             raise ValueError(f"keep_last_checkpoints must be >= 1 (or None to keep all), got {self.keep_last_checkpoints}")
+
+    @chz.validate
+    def _check_lora_values(self) -> None:
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0 (0: full fine-tuning), got {self.lora_rank}")
+        if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            raise ValueError(f"lora_alpha must be a finite number > 0, got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        parse_target_modules(self.lora_target_modules)
+        if self.lora_rank == 0:
+            # A LoRA option without a rank would be silently ignored: the run would be full fine-tuning.
+            defaults = {"lora_alpha": DEFAULT_ALPHA, "lora_dropout": 0.0, "lora_target_modules": ALL_LINEAR}
+            given = [f"{name}={getattr(self, name)}" for name, default in defaults.items()
+                     if getattr(self, name) != default]
+            if given:
+                raise ValueError(f"{', '.join(given)} needs lora_rank > 0 (lora_rank=0 is full fine-tuning)")
 
 
 def config_as_dict(config: TrainingConfig) -> dict:

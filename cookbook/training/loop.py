@@ -9,10 +9,16 @@ step's metrics, and its held-out eval. Its `main` looks like
         return run_recipe(config, lambda run: _train(config, run))
 
     def _train(config, run: Run):
+        tokenizer, renderer = run.tokenizer_and_renderer(start_name)
         data = ...                                    # the recipe's own data
-        causal_lm = run.load_model(model_name)        # parameters in the precision's dtype
-        model = SequenceLogprobModel(causal_lm, compute_context=run.plan.autocast)
-        return run.train(model, causal_lm, task, schedule, tokenizer, metadata)
+        schedule = run.schedule(len(data.train))
+        causal_lm = run.load_model(run.model_source(start_name))   # parameters in the precision's dtype
+        policy = run.wrap(SequenceLogprobModel(causal_lm, compute_context=run.plan.autocast), causal_lm)
+        return run.train(policy, causal_lm, task, schedule, tokenizer, metadata)
+
+LoRA (`lora_rank=N`, `lora.py`) is the loop's too: `load_model` adds the adapters to the trained
+model (and on resume loads them), `wrap` hands only the adapters to the optimizer and prints
+trainable/total parameters, and the checkpoint writer saves adapters, so every recipe gets it.
 
 Losses: a task returns the sum over its examples; the loop multiplies by
 world_size / task.loss_denominator(global batch ids) before backward, so a step means the same
@@ -39,6 +45,7 @@ from cookbook.plot import write_run_plot
 from cookbook.renderers import check_renderer_matches_template, default_renderer_name, get_renderer
 from cookbook.training import checkpoint as ckpt
 from cookbook.training import distributed as dist_utils
+from cookbook.training import lora
 from cookbook.training.checkpoint_writer import CheckpointWriter, tied_aliases
 from cookbook.training.config import TrainingConfig, config_as_dict
 from cookbook.training.data_order import BatchSchedule
@@ -190,6 +197,7 @@ class Run:
         self.renderer_name: str | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.tied_aliases: set[str] = set()
+        self.lora: lora.LoraAdapters | None = None  # the policy's adapters, with lora_rank > 0
         torch.manual_seed(config.seed)
         console.print(f"Precision: {plan.name} (parameters {_dtype_name(plan.param_dtype)}, "
                       f"matmuls {_dtype_name(plan.compute_dtype)}; precision={config.precision})")
@@ -205,8 +213,10 @@ class Run:
         return config_record(self.config, self.plan)
 
     def model_source(self, start_name: str) -> str:
-        """Where the weights come from: the checkpoint being resumed, else `start_name`."""
-        return self.resume_entry["path"] if self.resume_entry else start_name
+        """Where the weights come from: the checkpoint being resumed, else `start_name`. With LoRA
+        it is `start_name`: the reference is the adapter-off model, so the base must be the starting
+        one, and `load_model` puts the resumed adapters on it."""
+        return self.resume_entry["path"] if self.resume_entry and not self.config.lora_rank else start_name
 
     def tokenizer_and_renderer(self, start_name: str):
         """The tokenizer of `start_name` and the renderer: `renderer_name=`, else the one a checkpoint
@@ -231,13 +241,24 @@ class Run:
         except ValueError as error:
             raise InvalidOptionError(str(error)) from None
 
-    def load_model(self, name: str, packed_rows: bool = False):
-        """A causal LM on this rank's device, parameters in the precision's dtype."""
+    def load_model(self, name: str, packed_rows: bool = False, trainable: bool = True):
+        """A causal LM on this rank's device, parameters in the precision's dtype. With lora_rank > 0
+        the trained model (`trainable`) gets LoRA adapters, the resumed ones on resume; a frozen
+        model (a separate reference) gets none."""
         # On a GPU, flex attention turns packed and prefix-shared rows into block-sparse work; sdpa
         # would run them over a dense mask.
         attention = "flex_attention" if self.info.device.type == "cuda" and packed_rows else "sdpa"
         causal_lm, _ = load_model_and_tokenizer(name, dtype=_dtype_name(self.plan.param_dtype),
                                                 device=str(self.info.device), attn_implementation=attention)
+        settings = lora.LoraSettings.from_config(self.config)
+        if trainable and settings is not None:
+            try:
+                self.lora = lora.add_adapters(causal_lm, settings)
+            except ValueError as error:
+                raise InvalidOptionError(str(error)) from None
+            if self.resume_entry:
+                self.lora.load_weights(self.resume_entry["path"])
+            self.console.print(self.lora.describe())
         return causal_lm
 
     def wrap(self, model: nn.Module, causal_lm: nn.Module, trainable: bool = True) -> nn.Module:
@@ -246,6 +267,8 @@ class Run:
         with the same numerics; a frozen model is left unwrapped under DDP (it has no gradients)."""
         strategy = dist_utils.choose_strategy(self.config.distributed, model, self.info)
         if trainable:
+            trained, total = lora.count_parameters(model)
+            self.console.print(f"Trainable parameters: {trained:,} of {total:,} ({100 * trained / total:.2f}%)")
             self.strategy = strategy
             if self.config.gradient_checkpointing:
                 causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -254,12 +277,21 @@ class Run:
         elif strategy != "fsdp":
             return model
         wrapped = dist_utils.wrap_model(model, strategy, self.info, layers=list(causal_lm.get_decoder().layers),
-                                        mixed_precision=self.plan.fsdp_policy() if strategy == "fsdp" else None)
+                                        mixed_precision=self._fsdp_policy() if strategy == "fsdp" else None)
         if trainable:
             # Before any forward pass: FSDP2's lazy initialisation at the first forward replaces the
             # root's parameters, and an optimizer built after it would step stale ones.
             self.optimizer = make_optimizer(wrapped, self.config, self.plan, self.info, strategy)
         return wrapped
+
+    def _fsdp_policy(self):
+        if self.lora is not None and self.plan.name == "bf16-true":
+            from torch.distributed.fsdp import MixedPrecisionPolicy
+
+            # FSDP2 gathers a layer's parameters in one dtype: the fp32 adapters beside the bf16 base
+            # are gathered in bf16 (their fp32 masters stay sharded), gradients reduced in fp32.
+            return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        return self.plan.fsdp_policy()
 
     def train(self, policy: nn.Module, causal_lm: nn.Module, task: RecipeTask, schedule: BatchSchedule,
               tokenizer, metadata: dict, start_metrics: dict | None = None, eval_tasks: str = "cookbook/ifeval",

@@ -30,7 +30,8 @@ class TrainingDivergedError(UserError, RuntimeError):
 def make_optimizer(policy: nn.Module, config: TrainingConfig, plan: PrecisionPlan, info: dist_utils.DistInfo,
                    strategy: str) -> torch.optim.Optimizer:
     params = [p for p in policy.parameters() if p.requires_grad]
-    if plan.compensated_optimizer:
+    # Float32 parameters in bf16-true (LoRA adapters beside a bf16 base) keep full precision with plain AdamW.
+    if plan.compensated_optimizer and all(p.dtype == torch.bfloat16 for p in params):
         return CompensatedAdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     # The fused kernel is one pass over each tensor on CPU as on GPU; FSDP's DTensor parameters on
     # CPU take the foreach path.

@@ -1,0 +1,95 @@
+"""`BuilderRegistry`: the `dataset=` names of one family of builders, and the forms beside them.
+
+The preference registry (`cookbook.datasets.registry`) and the supervised one
+(`cookbook.supervised.registry`) are each one `BuilderRegistry`. They differ only in the base class a
+builder must subclass, the modules that register their built-ins and how they word an unknown name,
+so both resolve `dataset=<name>`, `dataset=my.module:MyBuilder` and `dataset=data.jsonl` alike.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from chz.factories import MetaFromString
+
+from cookbook.datasets.files import SUPPORTED_SUFFIXES
+
+BaseT = TypeVar("BaseT")
+ClassT = TypeVar("ClassT", bound=type)
+
+
+class BuilderRegistry(Generic[BaseT]):
+    """Name -> builder class, for the subclasses of `base`."""
+
+    def __init__(
+        self,
+        base: type[BaseT],
+        base_path: str,
+        decorator_name: str,
+        builtin_modules: tuple[str, ...],
+        file_builder_name: str = "file",
+    ) -> None:
+        self.base = base
+        self.base_path = base_path  # how messages name `base`: "cookbook.datasets.DPODatasetBuilder"
+        self.decorator_name = decorator_name  # how messages name `register`
+        # Modules whose import registers the built-in builders, imported on first lookup (so importing a
+        # registry stays cheap and free of import cycles).
+        self.builtin_modules = builtin_modules
+        self.file_builder_name = file_builder_name  # the registered builder that reads `path=`
+        self._classes: dict[str, type[BaseT]] = {}
+
+    def register(self, name: str) -> Callable[[ClassT], ClassT]:
+        """Class decorator: make a builder selectable as `dataset=<name>`."""
+
+        def register(cls: ClassT) -> ClassT:
+            if not (isinstance(cls, type) and issubclass(cls, self.base)):
+                raise TypeError(
+                    f"{self.decorator_name}({name!r}) needs a {self.base.__name__} subclass, got {cls!r}"
+                )
+            existing = self._classes.get(name)
+            if existing is not None and existing.__qualname__ != cls.__qualname__:
+                raise ValueError(f"dataset name {name!r} is already registered to {existing.__qualname__}")
+            self._classes[name] = cls
+            return cls
+
+        return register
+
+    def classes(self) -> dict[str, type[BaseT]]:
+        """Name -> builder class, built-ins included, sorted by name."""
+        for module in self.builtin_modules:
+            importlib.import_module(module)
+        return dict(sorted(self._classes.items()))
+
+    def find_class(self, spec: str) -> type[BaseT] | None:
+        """The class of a registered name or a `module:Class` path; None when `spec` is neither.
+        Raises MetaFromString (chz's "bad value" error) when the import fails or finds no builder."""
+        classes = self.classes()
+        if spec in classes:
+            return classes[spec]
+        if ":" not in spec:
+            return None
+        module_name, _, attribute = spec.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise MetaFromString(
+                f"dataset={spec}: could not import module {module_name!r} ({type(error).__name__}: {error})"
+            ) from None
+        cls: Any = module
+        for part in attribute.split("."):
+            cls = getattr(cls, part, None)
+            if cls is None:
+                raise MetaFromString(f"dataset={spec}: module {module_name!r} has no attribute {attribute!r}")
+        if not (isinstance(cls, type) and issubclass(cls, self.base)):
+            raise MetaFromString(f"dataset={spec}: {attribute} is not a subclass of {self.base_path}")
+        return cls
+
+    def file_factory(self, spec: str) -> Callable[..., BaseT] | None:
+        """`dataset=data.jsonl` is shorthand for `dataset=file dataset.path=data.jsonl`; None when `spec`
+        is not a data file's path."""
+        if not spec.lower().endswith(SUPPORTED_SUFFIXES) or ":" in spec:
+            return None
+        return functools.partial(self.classes()[self.file_builder_name], path=spec)
