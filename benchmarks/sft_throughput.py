@@ -1,7 +1,7 @@
 """SFT training-step throughput: our SFT step on the shared loop against TRL's SFTTrainer, on the same
 conversations, model, batches, optimizer, learning rate and clipping.
 
-    python benchmarks/sft_throughput.py --no-trl                         # ours only (the project's .venv)
+    python benchmarks/sft_throughput.py --impls ours                     # ours only (the project's .venv)
     benchmarks/.venv-bench/bin/python benchmarks/sft_throughput.py        # with TRL, after setup_bench_env.sh
 
 Prints one markdown table (tokens per CPU-second, wall tokens/s, peak RSS per configuration), then
@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass
 
 SETS = ("demo", "synthetic")
 PRECISIONS = ("fp32", "bf16-mixed")
-OUR_LAYOUTS = ("packed", "padded")
+OUR_LAYOUTS = ("packed", "packed_capped", "padded")
 TRL_LAYOUTS = ("padding_free", "padded")
 DEMO_SET = "chosen:demo"
 
@@ -51,7 +51,7 @@ DEMO_SET = "chosen:demo"
 class Spec:
     impl: str  # ours | trl
     data: str  # demo | synthetic
-    layout: str  # ours: packed | padded; trl: padding_free | padded
+    layout: str  # ours: packed | packed_capped | padded; trl: padding_free | padded
     precision: str  # fp32 | bf16-mixed (TRL: bf16=True)
 
 
@@ -181,8 +181,12 @@ def run_ours(args, spec: Spec) -> RunResult:
         run = Run(config, info, make_console("plain", quiet=True), None, plan_for(spec.precision, info.device))
         tokenizer, renderer = run.tokenizer_and_renderer(args.model)
         sequences = tokenize_all(load_conversations(args, spec.data, tokenizer), renderer, args.max_length)
-        causal_lm = run.load_model(args.model, packed_rows=spec.layout == "packed")
-        collate = make_supervised_collate(spec.layout, tokenizer.pad_token_id, causal_lm).collate
+        packed = spec.layout.startswith("packed")
+        causal_lm = run.load_model(args.model, packed_rows=packed)
+        # packed_capped: rows of at most max_length tokens instead of the recipe's one row per micro-batch
+        max_row_tokens = args.max_length if spec.layout == "packed_capped" else None
+        collate = make_supervised_collate("packed" if packed else "padded", tokenizer.pad_token_id, causal_lm,
+                                          max_row_tokens=max_row_tokens).collate
         policy = run.wrap(SequenceLogprobModel(causal_lm, compute_context=run.plan.autocast), causal_lm)
         task = SupervisedTask(SupervisedData(train=sequences, test=[], summary=None), collate,
                               args.micro_batch_size, info)
@@ -331,8 +335,10 @@ def run_in_subprocess(argv: list[str], spec: Spec, args) -> RunResult | str:
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
             return RunResult(**json.loads(line.removeprefix("RESULT ")))
-    tail = (done.stderr or done.stdout).strip().splitlines()[-6:]
-    return "failed: " + " | ".join(tail)
+    if done.returncode < 0:  # no traceback to show: SIGKILL is usually the kernel's OOM killer
+        return f"killed by signal {-done.returncode} (SIGKILL: probably out of memory; try --jobs 1)"
+    tail = [line for line in (done.stderr or done.stdout).strip().splitlines() if "it/s]" not in line][-6:]
+    return f"failed (exit {done.returncode}): " + " | ".join(tail)
 
 
 def format_table(results: list[RunResult]) -> str:
@@ -372,6 +378,10 @@ def format_ratios(results: list[RunResult], default_precision: str) -> str:
             mine, theirs = ours.get(("packed", precision)), trl.get(("padding_free", precision))
             if mine and theirs:
                 lines.append(f"- ours packed / TRL padding_free, {precision} ({data}): {ratio(mine, theirs)}")
+        for precision in PRECISIONS:
+            one_row, capped = ours.get(("packed", precision)), ours.get(("packed_capped", precision))
+            if one_row and capped:
+                lines.append(f"- ours packed_capped / packed, {precision} ({data}): {ratio(capped, one_row)}")
         fp32, bf16 = ours.get(("packed", "fp32")), ours.get(("packed", "bf16-mixed"))
         if fp32 and bf16:
             lines.append(f"- ours bf16-mixed / fp32, packed ({data}): tokens/CPU-s "
@@ -393,9 +403,11 @@ def parse_args(argv=None):
     parser.add_argument("--model", default="smollm2-135m-instruct", help="a model_name (bundled, local dir)")
     parser.add_argument("--sets", default=",".join(SETS), help="demo (chosen:demo), synthetic (~400 tokens)")
     parser.add_argument("--precisions", default=",".join(PRECISIONS))
-    parser.add_argument("--layouts", default="packed", help="ours: packed (the recipe's default), padded")
+    parser.add_argument("--impls", default="ours,trl", help="ours, trl (ours alone runs without TRL installed)")
+    parser.add_argument("--layouts", default="packed",
+                        help="ours: packed (the recipe's default: one row per micro-batch), packed_capped "
+                             "(rows of at most --max-length tokens), padded")
     parser.add_argument("--trl-layouts", default=",".join(TRL_LAYOUTS), help="padding_free, padded")
-    parser.add_argument("--no-trl", action="store_true", help="ours only (runs without TRL installed)")
     parser.add_argument("--batch-size", type=int, default=16, help="conversations per optimizer step")
     parser.add_argument("--micro-batch-size", type=int, default=8, help="per forward pass (the recipe's default)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps")
@@ -411,6 +423,7 @@ def parse_args(argv=None):
     parser.add_argument("--json-out", default=None)
     parser.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.impls = _choices(args.impls, ("ours", "trl"), "--impls")
     args.sets = _choices(args.sets, SETS, "--sets")
     args.precisions = _choices(args.precisions, PRECISIONS, "--precisions")
     args.layouts = _choices(args.layouts, OUR_LAYOUTS, "--layouts")
@@ -423,8 +436,9 @@ def parse_args(argv=None):
 def specs_for(args) -> list[Spec]:
     specs = []
     for data in args.sets:
-        specs += [Spec("ours", data, layout, p) for p in args.precisions for layout in args.layouts]
-        if not args.no_trl:
+        if "ours" in args.impls:
+            specs += [Spec("ours", data, layout, p) for p in args.precisions for layout in args.layouts]
+        if "trl" in args.impls:
             specs += [Spec("trl", data, layout, p) for p in args.precisions for layout in args.trl_layouts]
     return specs
 
@@ -436,27 +450,28 @@ def main(argv=None) -> list[RunResult]:
         result = run_one(args, Spec(**json.loads(args.run_one)))
         print("RESULT " + json.dumps(asdict(result)), flush=True)
         return [result]
-    if not args.no_trl and importlib.util.find_spec("trl") is None:
+    if "trl" in args.impls and importlib.util.find_spec("trl") is None:
         raise SystemExit("TRL is not installed here: run bash benchmarks/setup_bench_env.sh and use "
-                         "benchmarks/.venv-bench/bin/python, or pass --no-trl")
+                         "benchmarks/.venv-bench/bin/python, or pass --impls ours")
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
 
     from cookbook.training.precision import resolve_precision
 
-    specs = specs_for(args)
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        outcomes = list(pool.map(lambda spec: run_in_subprocess(argv, spec, args), specs))
-    results = []
-    for spec, outcome in zip(specs, outcomes):
+    def run_and_report(spec: Spec) -> RunResult | str:
+        outcome = run_in_subprocess(argv, spec, args)
         if isinstance(outcome, str):
             print(f"{spec}: {outcome}", file=sys.stderr, flush=True)
-            continue
-        print(f"{spec.data:9} {spec.impl:4} {spec.layout:12} {spec.precision:10} "
-              f"{outcome.tokens_per_cpu_second:8,.0f} tok/CPU-s  loss@1 {outcome.first_loss:.4f}  {outcome.note}",
-              flush=True)
-        results.append(outcome)
+        else:
+            print(f"{spec.data:9} {spec.impl:4} {spec.layout:12} {spec.precision:10} "
+                  f"{outcome.tokens_per_cpu_second:8,.0f} tok/CPU-s  loss@1 {outcome.first_loss:.4f}  "
+                  f"{outcome.note}", flush=True)
+        return outcome
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        outcomes = list(pool.map(run_and_report, specs_for(args)))
+    results = [outcome for outcome in outcomes if not isinstance(outcome, str)]
     default_precision = resolve_precision("auto", torch.device("cpu"))
     print()
     print(f"model={args.model} batch={args.batch_size} (micro {args.micro_batch_size}) steps={args.steps} "

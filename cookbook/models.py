@@ -109,9 +109,15 @@ def bundled_model_dir() -> Path:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         staging.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        # Another process may have finished the same conversion meanwhile and be reading it: keep
+        # that copy rather than delete it under the reader.
+        if not (target / "config.json").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            try:
+                staging.rename(target)
+            except OSError:
+                if not (target / "config.json").exists():  # not a concurrent conversion's finished copy
+                    raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -1,7 +1,9 @@
-"""LoRA DPO on the real bundled SmolLM2-135M-Instruct learns the demo preference (slow: about 4
-CPU-minutes). Rank 16 on every linear layer of the decoder (4.9M of 139M parameters train) at lr 2e-4,
-ten times the full fine-tuning test's 2e-5 (`test_train_real_model.py`), for the same 4 steps of 8
-pairs: held-out accuracy 0.5 -> 0.81 in our run (README, "LoRA", for the sweep)."""
+"""LoRA DPO on the real bundled SmolLM2-135M-Instruct learns the demo preference (slow: 2-5
+CPU-minutes). Rank 16 on every linear layer of the decoder (4.9M of 139M parameters train) for the
+full fine-tuning test's 4 steps of 8 pairs (`test_train_real_model.py`, lr 2e-5). Measured held-out
+accuracy after 4 steps: lr 1e-4 0.78 (fp32) / 0.88 (bf16-mixed), 2e-4 0.75 / 0.81, 5e-4 0.75
+(bf16-mixed); 1e-4, 5x full fine-tuning's, leaves the most room above 0.7 in both precisions
+(README, "LoRA")."""
 
 import pytest
 
@@ -12,7 +14,7 @@ from cookbook.training.metrics import read_metrics
 @pytest.mark.slow
 def test_lora_dpo_on_the_bundled_model_raises_held_out_accuracy(tmp_path):
     log_path = tmp_path / "run"
-    cli([f"log_path={log_path}", "lora_rank=16", "learning_rate=2e-4", "max_steps=4", "batch_size=8",
+    cli([f"log_path={log_path}", "lora_rank=16", "learning_rate=1e-4", "max_steps=4", "batch_size=8",
          "micro_batch_size=8", "dataset.max_pairs=64", "dataset.test_size=32", "eval_every=0", "show_example=false",
          "write_merged_final=false"])
     evals = [r for r in read_metrics(log_path) if "test/accuracy" in r]

@@ -22,13 +22,14 @@ def bench():
     sys.modules.pop("sft_throughput", None)
 
 
-def test_our_step_on_a_tiny_model(bench, tiny_model_dir):
+@pytest.mark.parametrize("layout", ["packed", "packed_capped", "padded"])
+def test_our_step_on_a_tiny_model(bench, tiny_model_dir, layout):
     """One timed step of our SFT step through the shared loop: it counts the scheduled
     conversations' tokens, trains (finite loss), and the figures it reports are consistent."""
-    args = bench.parse_args(["--model", tiny_model_dir, "--no-trl", "--steps", "1", "--warmup-steps", "0",
+    args = bench.parse_args(["--model", tiny_model_dir, "--impls", "ours", "--steps", "1", "--warmup-steps", "0",
                              "--batch-size", "4", "--micro-batch-size", "2", "--synthetic-words", "40",
-                             "--synthetic-spread", "10"])
-    result = bench.run_ours(args, bench.Spec("ours", "synthetic", "packed", "fp32"))
+                             "--synthetic-spread", "10", "--max-length", "100"])
+    result = bench.run_ours(args, bench.Spec("ours", "synthetic", layout, "fp32"))
 
     from cookbook.models import load_tokenizer
     from cookbook.renderers import default_renderer_name, get_renderer
