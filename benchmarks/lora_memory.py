@@ -4,9 +4,10 @@
     python benchmarks/lora_memory.py --model 1b --modes lora --precision bf16-true --pairs-per-step 2
     python benchmarks/lora_memory.py --ranks 8,64 --threads 1 --json-out lora.json
 
-Prints a markdown table per configuration: trainable parameters, the model state the run holds
-(weights, gradients, optimizer states, measured from the tensors after a step), the process's peak
-resident memory, and tokens per CPU-second (and per wall-clock second).
+Prints a markdown table, a row per configuration: trainable parameters, the model state the run
+holds (weights, gradients, optimizer states, measured from the tensors after a step), the resident
+memory once the model is loaded and the reference scored (before the first step), the peak over
+the training steps, and tokens per CPU-second (and per wall-clock second).
 
 Why it is built this way:
 - The step is the trainer's: the causal LM in the precision's dtype, LoRA added by the trainer's own
@@ -14,9 +15,11 @@ Why it is built this way:
   with a precomputed reference (scored by the policy with its adapters off, untimed), backward,
   clipping and the trainer's `make_optimizer` (fused AdamW; CompensatedAdamW for full bf16-true).
 - Pairs are the bundled demo set through the model's renderer: the quickstart's data.
-- Each configuration runs in its own subprocess, so its peak RSS (`ru_maxrss`) is its own. The peak
-  includes loading; with LoRA it is mostly the frozen weights, with full fine-tuning the gradients
-  and AdamW's two moments add 3x the weights on top.
+- Each configuration runs in its own subprocess, so its memory is its own. "RSS before steps" is the
+  resident memory once the model is loaded and the reference scored; "peak RSS in steps" is the
+  peak over the training steps alone (Linux's VmHWM, reset before the first step), so loading does
+  not set it. Full fine-tuning adds gradients and AdamW's two moments, 3x the weights; LoRA adds
+  activations and the adapters' small state.
 - Speed is tokens (prompt+chosen plus prompt+rejected) per CPU-second of the process at `--threads`
   (default 1): on a machine shared with other jobs it does not count time spent waiting for a core.
 - `--model 1b` is a random-init Llama-3.2-1B-like shape (the tokenizer's ids are all below its vocab).
@@ -30,7 +33,7 @@ import argparse
 import contextlib
 import json
 import os
-import resource
+import re
 import subprocess
 import sys
 import time
@@ -59,9 +62,31 @@ def build_model(model: str, dtype):
     config = LlamaConfig(**MODEL_SHAPES[model], max_position_embeddings=4096, attn_implementation="sdpa",
                          pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
-    with torch.device("cpu"):
-        causal_lm = LlamaForCausalLM(config).to(dtype)
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in its dtype: a float32 copy first would set the peak
+    try:
+        causal_lm = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default_dtype)
     return causal_lm.eval(), tokenizer
+
+
+def current_rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident memory since start, or since `reset_peak_rss` (Linux: VmHWM)."""
+    with open("/proc/self/status") as f:
+        return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) * 1024
+
+
+def reset_peak_rss() -> None:
+    # Writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0), so the steps' own peak
+    # is measured without the loading's.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def tensor_bytes(tensors) -> int:
@@ -106,6 +131,8 @@ def run_one(args) -> dict:
     optimizer = make_optimizer(policy, config, plan, DistInfo(0, 1, 0, torch.device("cpu")), "none")
     settings = LossSettings("dpo", 0.1)
     per_step = args.pairs_per_step // args.micro_batch_size
+    rss_before_steps, load_peak = current_rss_bytes(), peak_rss_bytes()
+    reset_peak_rss()
     tokens = cpu_seconds = wall_seconds = 0.0
     grad_bytes = 0
     for step in range(num_steps):
@@ -130,7 +157,8 @@ def run_one(args) -> dict:
         "threads": args.threads, "trainable": trainable, "total": total,
         "weights_gb": tensor_bytes(causal_lm.parameters()) / 1e9, "grads_gb": grad_bytes / 1e9,
         "optimizer_gb": optimizer_bytes / 1e9,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+        "rss_before_steps_gb": rss_before_steps / 1e9,
+        "load_peak_rss_gb": load_peak / 1e9, "steps_peak_rss_gb": peak_rss_bytes() / 1e9,
         "tokens_per_cpu_s": tokens / cpu_seconds, "tokens_per_s": tokens / wall_seconds,
         "tokens_per_step": tokens / args.steps, "steps": args.steps,
     }
@@ -187,12 +215,14 @@ def main() -> None:
                     continue
                 results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
                 print(f"done: {results[-1]['mode']} {precision}", file=sys.stderr)
-    print("| model | mode | precision | trainable / total | weights | grads | AdamW | peak RSS | tok/CPU-s | tok/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | mode | precision | trainable / total | weights | grads | AdamW | RSS before steps "
+          "| peak RSS in steps | tok/CPU-s | tok/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['model']} | {r['mode']} | {r['precision']} | {r['trainable'] / 1e6:,.2f}M / {r['total'] / 1e6:,.1f}M "
               f"({100 * r['trainable'] / r['total']:.2f}%) | {r['weights_gb']:.2f} GB | {r['grads_gb']:.3f} GB | "
-              f"{r['optimizer_gb']:.3f} GB | {r['peak_rss_gb']:.2f} GB | {r['tokens_per_cpu_s']:.0f} | {r['tokens_per_s']:.0f} |")
+              f"{r['optimizer_gb']:.3f} GB | {r['rss_before_steps_gb']:.2f} GB | {r['steps_peak_rss_gb']:.2f} GB | "
+              f"{r['tokens_per_cpu_s']:.0f} | {r['tokens_per_s']:.0f} |")
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(results, f, indent=2)

@@ -307,7 +307,9 @@ def test_every_layout_loss_and_precision_trains(tmp_path, tiny_model_dir, layout
                    "write_merged_final=false", "save_every=1", *([extra] if extra else []))
     records = train_records(log_path)
     assert len(records) == 2 and all(math.isfinite(r["dpo_loss"]) for r in records)
-    if loss_type == "dpo":  # policy == reference at step 0 in every precision
+    if loss_type in ("dpo", "ipo", "hinge"):  # policy == reference at step 0, in every precision and layout
+        assert records[0]["margin"] == 0.0
+    if loss_type == "dpo":
         assert records[0]["dpo_loss"] == pytest.approx(math.log(2), abs=1e-6)
     start = load_file(log_path / "step_000001" / "adapter_model.safetensors")
     end = load_file(log_path / "final" / "adapter_model.safetensors")

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.distributed
 
 ARGS = ["dataset.max_pairs=32", "dataset.test_size=8", "max_length=128", "show_example=false", "max_steps=3",
         "batch_size=8", "micro_batch_size=2", "eval_every=2", "learning_rate=5e-3", "lora_rank=4",
-        "write_merged_final=false"]
+        "write_merged_final=false", "save_every=2"]  # step 2: a resumable checkpoint (adapters + optimizer gathered)
 
 
 def torchrun(*args: str) -> None:
@@ -49,6 +49,7 @@ def test_two_ranks_match_one_process(tmp_path, tiny_model_dir, single_process_ru
         for key in ("dpo_loss", "margin", "grad_norm", "num_tokens", "test/dpo_loss", "test/accuracy"):
             if key in a:
                 assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    assert (log_path / "step_000002" / "training_state.pt").exists()
     w1 = load_file(single_process_run / "final" / "adapter_model.safetensors")
     w2 = load_file(log_path / "final" / "adapter_model.safetensors")
     assert w1.keys() == w2.keys()

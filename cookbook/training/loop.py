@@ -254,10 +254,10 @@ class Run:
         if trainable and settings is not None:
             try:
                 self.lora = lora.add_adapters(causal_lm, settings)
-            except ValueError as error:
+                if self.resume_entry:
+                    self.lora.load_weights(self.resume_entry["path"])
+            except ValueError as error:  # a target the model lacks; resumed adapters of another shape
                 raise InvalidOptionError(str(error)) from None
-            if self.resume_entry:
-                self.lora.load_weights(self.resume_entry["path"])
             self.console.print(self.lora.describe())
         return causal_lm
 

@@ -124,8 +124,8 @@ class LoraAdapters:
     def adapters_off(self) -> Iterator[None]:
         """Within this context the model computes as the base model (the DPO reference). What peft's
         `disable_adapter` does, on the adapter layers found once: it runs before every in-step
-        reference forward, and peft's own walks the whole model twice (measured 37 ms against 8 ms
-        a toggle on SmolLM2's 210 adapted layers)."""
+        reference forward, and peft's own walks the whole model twice (CPU time per toggle, 30 layers
+        with 210 adapted modules: 37 ms for peft's, 8 ms for this)."""
         for layer in self._layers:
             layer.enable_adapters(False)
         try:
@@ -164,6 +164,7 @@ class LoraAdapters:
             config.save_pretrained(str(directory))
         finally:
             config.base_model_name_or_path = stored_base
+        # peft filters and renames a PeftModel's own keys: `base_model.model.` + the causal LM's.
         keyed = {f"base_model.model.{name}": tensor for name, tensor in adapter_state.items()}
         weights = get_peft_model_state_dict(self.peft_model, state_dict=keyed, adapter_name=ADAPTER_NAME,
                                             save_embedding_layers=False)
