@@ -36,6 +36,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -420,7 +421,9 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="torch threads per configuration")
     parser.add_argument("--jobs", type=int, default=1, help="configurations run at once")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
-    parser.add_argument("--json-out", default=None)
+    parser.add_argument("--json-out", default=None, help="write the results here (rewritten after each run)")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", default=None,
+                        help="print one table from earlier --json-out files instead of running")
     parser.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.impls = _choices(args.impls, ("ours", "trl"), "--impls")
@@ -450,41 +453,61 @@ def main(argv=None) -> list[RunResult]:
         result = run_one(args, Spec(**json.loads(args.run_one)))
         print("RESULT " + json.dumps(asdict(result)), flush=True)
         return [result]
-    if "trl" in args.impls and importlib.util.find_spec("trl") is None:
-        raise SystemExit("TRL is not installed here: run bash benchmarks/setup_bench_env.sh and use "
-                         "benchmarks/.venv-bench/bin/python, or pass --impls ours")
-    from concurrent.futures import ThreadPoolExecutor
-
     import torch
 
     from cookbook.training.precision import resolve_precision
 
-    def run_and_report(spec: Spec) -> RunResult | str:
-        outcome = run_in_subprocess(argv, spec, args)
-        if isinstance(outcome, str):
-            print(f"{spec}: {outcome}", file=sys.stderr, flush=True)
-        else:
-            print(f"{spec.data:9} {spec.impl:4} {spec.layout:12} {spec.precision:10} "
-                  f"{outcome.tokens_per_cpu_second:8,.0f} tok/CPU-s  loss@1 {outcome.first_loss:.4f}  "
-                  f"{outcome.note}", flush=True)
-        return outcome
-
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        outcomes = list(pool.map(run_and_report, specs_for(args)))
-    results = [outcome for outcome in outcomes if not isinstance(outcome, str)]
+    if args.merge:
+        runs = [json.loads(open(path).read()) for path in args.merge]
+        results = [RunResult(**r) for run in runs for r in run["results"]]
+        settings = runs[0]["args"]  # the merged files are expected to share these
+    else:
+        if "trl" in args.impls and importlib.util.find_spec("trl") is None:
+            raise SystemExit("TRL is not installed here: run bash benchmarks/setup_bench_env.sh and use "
+                             "benchmarks/.venv-bench/bin/python, or pass --impls ours")
+        results, settings = run_all(args, argv), vars(args)
+    results.sort(key=table_order)
     default_precision = resolve_precision("auto", torch.device("cpu"))
     print()
-    print(f"model={args.model} batch={args.batch_size} (micro {args.micro_batch_size}) steps={args.steps} "
-          f"(+{args.warmup_steps} warm-up) threads={args.threads} jobs={args.jobs}; precision=auto here: "
-          f"{default_precision}")
+    print("model={model} batch={batch_size} (micro {micro_batch_size}) steps={steps} (+{warmup_steps} warm-up) "
+          "threads={threads}".format(**settings) + f"; precision=auto here: {default_precision}")
     print(format_table(results))
     print()
     print(format_ratios(results, default_precision))
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump({"args": vars(args), "results": [asdict(r) for r in results]}, f, indent=2)
     return results
 
+
+def run_all(args, argv: list[str]) -> list[RunResult]:
+    """Every configuration in its own subprocess, `--jobs` at a time. Each result is printed, and
+    --json-out rewritten, as soon as it is in, so a session cut short keeps what finished."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    results: list[RunResult] = []
+    lock = threading.Lock()
+
+    def run_and_report(spec: Spec) -> None:
+        outcome = run_in_subprocess(argv, spec, args)
+        with lock:
+            if isinstance(outcome, str):
+                print(f"{spec}: {outcome}", file=sys.stderr, flush=True)
+                return
+            print(f"{spec.data:9} {spec.impl:4} {spec.layout:13} {spec.precision:10} "
+                  f"{outcome.tokens_per_cpu_second:8,.0f} tok/CPU-s  loss@1 {outcome.first_loss:.4f}  "
+                  f"{outcome.note}", flush=True)
+            results.append(outcome)
+            if args.json_out:
+                with open(args.json_out, "w") as f:
+                    json.dump({"args": vars(args), "results": [asdict(r) for r in results]}, f, indent=2)
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        list(pool.map(run_and_report, specs_for(args)))
+    return results
+
+
+def table_order(result: RunResult) -> tuple:
+    layouts = ("packed", "packed_capped", "padding_free", "padded")
+    return (SETS.index(result.data), result.impl != "ours", layouts.index(result.layout),
+            PRECISIONS.index(result.precision))
 
 if __name__ == "__main__":
     main()
