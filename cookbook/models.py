@@ -132,9 +132,11 @@ def _fix_smollm2_special_tokens(model, tokenizer) -> None:
         config.pad_token_id = end_id
 
 
-def resolve_model_path(model_name: str) -> str:
+def resolve_model_path(model_name: str, option: str = "model_name") -> str:
     """A local directory or a hub id that transformers can load without touching the network
-    when it does not need to; raises ModelNotFoundError with advice when nothing can be loaded."""
+    when it does not need to; raises ModelNotFoundError with advice when nothing can be loaded.
+    `option` is how the advice names the setting (`reward.model_name` for a reward model, which the
+    bundled causal LM cannot replace)."""
     if model_name == DEFAULT_MODEL:
         return str(bundled_model_dir())
     path = Path(model_name).expanduser()
@@ -144,10 +146,10 @@ def resolve_model_path(model_name: str) -> str:
         return str(path)
     if model_name.startswith((".", "/", "~")) or model_name.count("/") > 1:
         raise ModelNotFoundError(f"model directory {model_name!r} does not exist")
-    return _resolve_hub_id(model_name)
+    return _resolve_hub_id(model_name, option)
 
 
-def _resolve_hub_id(model_id: str) -> str:
+def _resolve_hub_id(model_id: str, option: str = "model_name") -> str:
     from huggingface_hub import snapshot_download
 
     try:
@@ -155,10 +157,11 @@ def _resolve_hub_id(model_id: str) -> str:
     except Exception:
         pass
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or not hub_reachable():
+        bundled = f", or use the bundled model_name={DEFAULT_MODEL}" if option == "model_name" else ""
         raise ModelNotFoundError(
             f"Model {model_id!r} is not in the local Hugging Face cache and the hub cannot be reached. "
             f"Download it on a connected machine (huggingface-cli download {model_id} --local-dir DIR), "
-            f"copy DIR here and pass model_name=DIR, or use the bundled model_name={DEFAULT_MODEL}."
+            f"copy DIR here and pass {option}=DIR{bundled}."
         )
     return snapshot_download(model_id)
 

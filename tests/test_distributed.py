@@ -85,3 +85,23 @@ def test_ranks_hold_identical_gradients_and_parameters(tmp_path, tiny_model_dir,
     assert rank0["grad_sums"] == pytest.approx(rank1["grad_sums"], rel=1e-6)
     assert rank0["param_sum"] == pytest.approx(rank1["param_sum"], rel=1e-7)
     assert rank0["grad_sums"][0] > 0
+
+
+def test_a_second_epoch_uses_one_reference_value_per_pair(tmp_path, tiny_model_dir):
+    """Over two epochs a pair is trained on one rank, then maybe the other: both compute its
+    reference log-probs, and the shared table must hold one of them, not their sum."""
+    epochs = ["dataset.max_pairs=24", "dataset.test_size=8", "max_length=128", "show_example=false", "num_epochs=2",
+              "batch_size=8", "micro_batch_size=2", "eval_every=0", "learning_rate=1e-3", "precision=fp32"]
+    single = tmp_path / "single"
+    cli([f"log_path={single}", f"model_name={tiny_model_dir}", *epochs])
+    ddp = tmp_path / "ddp"
+    torchrun("-m", "cookbook.recipes.preference.train", f"log_path={ddp}", f"model_name={tiny_model_dir}", *epochs,
+             "distributed=ddp")
+    one = [r for r in read_metrics(single) if "dpo_loss" in r]
+    two = [r for r in read_metrics(ddp) if "dpo_loss" in r]
+    assert len(one) == len(two) == 6
+    for a, b in zip(one, two):
+        assert a["dpo_loss"] == pytest.approx(b["dpo_loss"], rel=1e-4), a["step"]
+    table = torch.load(ddp / "reference_logps.pt", weights_only=True)
+    expected = torch.load(single / "reference_logps.pt", weights_only=True)
+    torch.testing.assert_close(table["train"], expected["train"], rtol=1e-5, atol=1e-4)

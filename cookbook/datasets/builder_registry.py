@@ -4,6 +4,8 @@ The preference registry (`cookbook.datasets.registry`) and the supervised one
 (`cookbook.supervised.registry`) are each one `BuilderRegistry`. They differ only in the base class a
 builder must subclass, the modules that register their built-ins and how they word an unknown name,
 so both resolve `dataset=<name>`, `dataset=my.module:MyBuilder` and `dataset=data.jsonl` alike.
+Other option families (the on-policy recipe's `prompts=` and `reward=`) use it too, naming their
+option with `option=` so that messages say `prompts=...` rather than `dataset=...`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class BuilderRegistry(Generic[BaseT]):
         decorator_name: str,
         builtin_modules: tuple[str, ...],
         file_builder_name: str = "file",
+        option: str = "dataset",
+        file_suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES,
     ) -> None:
         self.base = base
         self.base_path = base_path  # how messages name `base`: "cookbook.datasets.DPODatasetBuilder"
@@ -39,10 +43,12 @@ class BuilderRegistry(Generic[BaseT]):
         # registry stays cheap and free of import cycles).
         self.builtin_modules = builtin_modules
         self.file_builder_name = file_builder_name  # the registered builder that reads `path=`
+        self.option = option  # the command-line option these builders are chosen with
+        self.file_suffixes = file_suffixes  # file names the `option=data.jsonl` shorthand accepts
         self._classes: dict[str, type[BaseT]] = {}
 
     def register(self, name: str) -> Callable[[ClassT], ClassT]:
-        """Class decorator: make a builder selectable as `dataset=<name>`."""
+        """Class decorator: make a builder selectable as `<option>=<name>`."""
 
         def register(cls: ClassT) -> ClassT:
             if not (isinstance(cls, type) and issubclass(cls, self.base)):
@@ -51,7 +57,7 @@ class BuilderRegistry(Generic[BaseT]):
                 )
             existing = self._classes.get(name)
             if existing is not None and existing.__qualname__ != cls.__qualname__:
-                raise ValueError(f"dataset name {name!r} is already registered to {existing.__qualname__}")
+                raise ValueError(f"{self.option} name {name!r} is already registered to {existing.__qualname__}")
             self._classes[name] = cls
             return cls
 
@@ -71,25 +77,32 @@ class BuilderRegistry(Generic[BaseT]):
             return classes[spec]
         if ":" not in spec:
             return None
+        cls = self.import_attribute(spec)
+        if not (isinstance(cls, type) and issubclass(cls, self.base)):
+            attribute = spec.partition(":")[2]
+            raise MetaFromString(f"{self.option}={spec}: {attribute} is not a subclass of {self.base_path}")
+        return cls
+
+    def import_attribute(self, spec: str) -> Any:
+        """Whatever `module:attribute` names (a class, a function...); MetaFromString when the import
+        fails or the module has no such attribute."""
         module_name, _, attribute = spec.partition(":")
         try:
             module = importlib.import_module(module_name)
         except ImportError as error:
             raise MetaFromString(
-                f"dataset={spec}: could not import module {module_name!r} ({type(error).__name__}: {error})"
+                f"{self.option}={spec}: could not import module {module_name!r} ({type(error).__name__}: {error})"
             ) from None
-        cls: Any = module
+        value: Any = module
         for part in attribute.split("."):
-            cls = getattr(cls, part, None)
-            if cls is None:
-                raise MetaFromString(f"dataset={spec}: module {module_name!r} has no attribute {attribute!r}")
-        if not (isinstance(cls, type) and issubclass(cls, self.base)):
-            raise MetaFromString(f"dataset={spec}: {attribute} is not a subclass of {self.base_path}")
-        return cls
+            value = getattr(value, part, None)
+            if value is None:
+                raise MetaFromString(f"{self.option}={spec}: module {module_name!r} has no attribute {attribute!r}")
+        return value
 
     def file_factory(self, spec: str) -> Callable[..., BaseT] | None:
         """`dataset=data.jsonl` is shorthand for `dataset=file dataset.path=data.jsonl`; None when `spec`
         is not a data file's path."""
-        if not spec.lower().endswith(SUPPORTED_SUFFIXES) or ":" in spec:
+        if not spec.lower().endswith(self.file_suffixes) or ":" in spec:
             return None
         return functools.partial(self.classes()[self.file_builder_name], path=spec)

@@ -139,14 +139,19 @@ def score_response(response: str, row: dict[str, Any]) -> dict[str, Any]:
     return {"strict": strict, "loose": loose}
 
 
-def _pooled(scores: list[SampleScore], mode: str, level: str) -> float:
-    verdict_lists = [s.score.metadata[mode] for s in scores if s.score.metadata]
+def pooled_accuracy(verdict_lists: list[list[bool]], level: str) -> float:
+    """Prompt level: the fraction of replies with every verdict true; instruction level: the
+    fraction of all verdicts that are true, pooled over replies."""
     if not verdict_lists:
         return 0.0
     if level == "prompt":
         return sum(all(v) for v in verdict_lists) / len(verdict_lists)
     total = sum(len(v) for v in verdict_lists)
     return sum(sum(v) for v in verdict_lists) / total if total else 0.0
+
+
+def _pooled(scores: list[SampleScore], mode: str, level: str) -> float:
+    return pooled_accuracy([s.score.metadata[mode] for s in scores if s.score.metadata], level)
 
 
 @metric

@@ -105,7 +105,7 @@ def prepare_reference(run, policy: torch.nn.Module, policy_fingerprint: str, ref
             num_forwards = int(dist_utils.all_reduce_max(len(todo), info)) if collective else len(todo)
             new_rows = ref.fill_reference_logps(reference_model, pairs, todo, num_forwards, len(pairs), collate,
                                                 info.device, info.is_main, desc=f"reference log-probs ({split})")
-            tables[split] = ref.merge_tables(tables[split], _combine_ranks(new_rows, info))
+            tables[split] = ref.merge_tables(tables[split], combine_ranks(new_rows, info))
     reference_model.train(was_training)
     if info.is_main:
         ref.save_cache(config.log_path, key, data_key, tables)
@@ -121,11 +121,15 @@ def _all_ranks(flag: bool, info) -> bool:
     return dist_utils.all_reduce_sum([float(not flag)], info)[0] == 0
 
 
-def _combine_ranks(rows: torch.Tensor, info) -> torch.Tensor:
-    """Each rank holds NaN except the rows it computed; give every rank all of them."""
+def combine_ranks(rows: torch.Tensor, info) -> torch.Tensor:
+    """Each rank holds NaN except the rows it computed; give every rank all of them. A row that
+    several ranks computed (a pair trained in more than one epoch or cycle) takes the lowest such
+    rank's value, so it is one computed value and not a sum of them."""
     if not info.is_distributed:
         return rows
-    filled = (~torch.isnan(rows)).to(torch.float32)
-    summed = dist_utils.all_reduce_tensor_sum(torch.nan_to_num(rows, nan=0.0).to(info.device), info).cpu()
-    counts = dist_utils.all_reduce_tensor_sum(filled.to(info.device), info).cpu()
-    return torch.where(counts > 0, summed, torch.full_like(summed, float("nan")))
+    filled = ~torch.isnan(rows).any(dim=1)
+    owner = torch.where(filled, info.rank, info.world_size).to(torch.float32)
+    owner = -dist_utils.all_reduce_max_tensor(-owner.to(info.device), info).cpu()  # the lowest rank
+    mine = (filled & (owner == info.rank)).unsqueeze(1)
+    summed = dist_utils.all_reduce_tensor_sum(torch.where(mine, rows, 0.0).to(info.device), info).cpu()
+    return torch.where((owner < info.world_size).unsqueeze(1), summed, torch.full_like(summed, float("nan")))

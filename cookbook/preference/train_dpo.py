@@ -14,7 +14,6 @@ by `batch_size`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,22 +21,22 @@ import chz
 from torch import nn
 
 from cookbook.datasets import DemoBuilder, DPODatasetBuilder, dataset_meta_factory, load_preference_data
-from cookbook.preference.collate import Layout, make_collate
+from cookbook.preference.collate import make_collate
 from cookbook.preference.evaluation import evaluate_pairs
 from cookbook.preference.logprobs import SequenceLogprobModel
-from cookbook.preference.losses import LOSS_TYPES, LossType
+from cookbook.preference.options import PreferenceConfig
 from cookbook.preference.reference import model_fingerprint
 from cookbook.preference.reference_setup import prepare_reference
 from cookbook.preference.step import LossSettings, preference_forward
-from cookbook.training.config import TrainingConfig, config_as_dict
+from cookbook.training.config import config_as_dict
 from cookbook.training.display import print_pair
 from cookbook.training.loop import MicroBatchOutput, Run, run_recipe
 
-__all__ = ["Config", "PreferenceTask", "config_as_dict", "main"]
+__all__ = ["Config", "PreferenceTask", "config_as_dict", "main", "pair_micro_batch", "pair_step_metrics"]
 
 
 @chz.chz
-class Config(TrainingConfig):
+class Config(PreferenceConfig):
     log_path: str = chz.field(default="runs/dpo", doc="Directory for config.json, metrics.jsonl, checkpoints")
     dataset: DPODatasetBuilder = chz.field(
         default_factory=DemoBuilder,
@@ -47,33 +46,9 @@ class Config(TrainingConfig):
     reference_model_name: str | None = chz.field(
         default=None, doc="Reference model; default: the starting policy (load_checkpoint_path or model_name)"
     )
-    dpo_beta: float = chz.field(default=0.1, doc="beta: strength of the KL anchor to the reference (> 0)")
-    loss_type: LossType = chz.field(default="dpo", doc="dpo, ipo, hinge, simpo (reference-free) or orpo")
-    label_smoothing: float = chz.field(default=0.0, doc="Conservative/robust DPO: assumed label noise in [0, 0.5)")
-    simpo_gamma: float = chz.field(default=0.5, doc="SimPO target reward margin")
-    nll_weight: float = chz.field(default=0.0, doc="Weight of the chosen-completion NLL added to the loss (RPO)")
     precompute_reference: bool = chz.field(
         default=True, doc="Compute reference log-probs once before training and free the reference model"
     )
-    layout: Layout = chz.field(
-        default="auto", doc="Batch layout: auto, padded, packed (no padding) or prefix_shared (prompt run once)"
-    )
-
-    @chz.validate
-    def _check_values(self) -> None:
-        if not (math.isfinite(self.dpo_beta) and self.dpo_beta > 0):
-            raise ValueError(f"dpo_beta must be a finite number > 0, got {self.dpo_beta}")
-        if not 0 <= self.label_smoothing < 0.5:
-            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-        for name in ("nll_weight", "simpo_gamma"):
-            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type={self.loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
-
-    @property
-    def loss_settings(self) -> LossSettings:
-        return LossSettings(self.loss_type, self.dpo_beta, self.label_smoothing, self.simpo_gamma, self.nll_weight)
 
 
 def main(config: Config) -> Path | None:
@@ -119,20 +94,30 @@ class PreferenceTask:
 
     def forward(self, model: nn.Module, ids: list[int]) -> MicroBatchOutput:
         batch = self.collate([self.data.train[i] for i in ids], ids).to(self.run.info.device)
-        reference_logps = self.train_reference(batch) if self.train_reference else None
-        result = preference_forward(model, batch, self.config.loss_settings, reference_logps)
-        sums = {**result.metric_sums, "num_pairs": result.num_pairs, "num_tokens": result.num_real_tokens,
-                "num_slots": batch.num_slots}
-        return MicroBatchOutput(result.loss_sum, sums)
+        return pair_micro_batch(model, batch, self.config.loss_settings, self.train_reference)
 
     def step_metrics(self, sums: dict[str, float], denominator: float) -> dict[str, float]:
-        num_pairs = max(sums["num_pairs"], 1)
-        metrics = {key: sums[key] / num_pairs for key in
-                   ("accuracy", "margin", "chosen_reward", "rejected_reward", "logp_accuracy", "nll")}
-        return {"dpo_loss": sums["loss"] / num_pairs, **metrics, "num_pairs": int(sums["num_pairs"])}
+        return pair_step_metrics(sums)
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         if not self.data.test:
             return {}
         return evaluate_pairs(model, self.data.test, self.collate, self.config.micro_batch_size,
                               self.config.loss_settings, self.test_reference, self.run.info)
+
+
+def pair_micro_batch(model: nn.Module, batch, settings: LossSettings, reference) -> MicroBatchOutput:
+    """A collated micro-batch of pairs -> its summed preference loss and metric sums, for the loop."""
+    reference_logps = reference(batch) if reference else None
+    result = preference_forward(model, batch, settings, reference_logps)
+    sums = {**result.metric_sums, "num_pairs": result.num_pairs, "num_tokens": result.num_real_tokens,
+            "num_slots": batch.num_slots}
+    return MicroBatchOutput(result.loss_sum, sums)
+
+
+def pair_step_metrics(sums: dict[str, float]) -> dict[str, float]:
+    """A step's preference metrics (means over its pairs) from sums over micro-batches and ranks."""
+    num_pairs = max(sums["num_pairs"], 1)
+    metrics = {key: sums[key] / num_pairs for key in
+               ("accuracy", "margin", "chosen_reward", "rejected_reward", "logp_accuracy", "nll")}
+    return {"dpo_loss": sums["loss"] / num_pairs, **metrics, "num_pairs": int(sums["num_pairs"])}

@@ -141,10 +141,11 @@ class TrainingConfig:
 
 
 def config_as_dict(config: TrainingConfig) -> dict:
-    """The config as stored in config.json; the data builder is named by `module:Class`."""
+    """The config as stored in config.json; a nested builder (the data set, prompts, reward) is
+    recorded with its class as `module:Class`, so two builders with the same fields stay apart."""
     values = chz.asdict(config)
-    dataset = getattr(config, "dataset", None)
-    if dataset is not None:
-        values["dataset"] = {"builder": f"{type(dataset).__module__}:{type(dataset).__name__}",
-                             **chz.asdict(dataset)}
+    for name in chz.chz_fields(config):
+        value = getattr(config, name)
+        if chz.is_chz(value):
+            values[name] = {"builder": f"{type(value).__module__}:{type(value).__name__}", **chz.asdict(value)}
     return values

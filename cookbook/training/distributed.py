@@ -149,6 +149,12 @@ def all_reduce_tensor_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_max_tensor(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.is_distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 def broadcast_object(obj, info: DistInfo):
     """Rank 0's value of `obj` on every rank."""
     if not info.is_distributed:
@@ -179,3 +185,30 @@ def gradient_sync(model: nn.Module, strategy: str, enabled: bool):
             model.set_requires_gradient_sync(True)
     else:
         yield
+
+
+def all_gather_objects(obj, info: DistInfo) -> list:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if not info.is_distributed:
+        return [obj]
+    gathered = [None] * info.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+@contextlib.contextmanager
+def direct_forwards(model: nn.Module, strategy: str):
+    """Lets code call the wrapped model's inner modules directly (a sampler calling the causal LM
+    step by step) instead of the wrapper's forward. Under FSDP2 the root's own parameters
+    (embeddings, final norm, head) are gathered for the duration, and the root is initialised
+    first: otherwise the first sharded layer to run would make itself the root. Each layer still
+    gathers its weights in its own forward. Other strategies need nothing."""
+    if strategy != "fsdp":
+        yield
+        return
+    model._get_fsdp_state()._lazy_init()  # what the root's first forward would do
+    model.unshard()
+    try:
+        yield
+    finally:
+        model.reshard()

@@ -29,6 +29,9 @@ MEANING_FIELDS: tuple[str, ...] = (
     "learning_rate", "lr_schedule", "warmup_steps", "weight_decay", "max_grad_norm",
     "batch_size", "max_length", "num_epochs", "max_steps", "seed", "precision", "resolved_precision", "dtype",
     "lora_*",
+    # on-policy preference training
+    "prompts", "reward", "rounds", "prompts_per_round", "samples_per_prompt", "steps_per_round", "min_reward_gap",
+    "reference", "temperature", "top_p", "max_new_tokens",
 )
 # The option that lets a resume apply meaning changes anyway.
 OVERRIDE_FIELD = "resume_allow_config_change"

@@ -1,0 +1,151 @@
+"""The on-policy benchmark's own parts (benchmarks/on_policy_vs_trl.py) that need neither TRL nor a
+model: the reward wrapper TRL calls, the CPU-budget stop, reading the eval's summary, the figures
+and the table. TRL itself lives only in benchmarks/.venv-bench and is never imported here."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "on_policy_vs_trl.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("on_policy_vs_trl", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["on_policy_vs_trl"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("on_policy_vs_trl", None)
+
+
+# Two instructions; the reply below follows exactly one of them in the "half" case.
+ROW = {"key": 7, "prompt": "Describe a lake. Answer in lowercase letters only. Do not use any commas.",
+       "instruction_id_list": ["change_case:english_lowercase", "punctuation:no_comma"], "kwargs": [{}, {}]}
+
+
+def test_reward_is_the_strict_fraction_of_instructions_followed(bench):
+    """What TRL passes: conversational completions, the `ifeval` column as JSON strings (repeated for
+    the prompt's second sample) and kwargs of its own, which the wrapper must accept."""
+    completions = [
+        [{"role": "assistant", "content": "the lake lies still under a grey sky"}],  # both followed
+        [{"role": "assistant", "content": "the lake is cold, deep and still"}],  # lowercase only
+        [{"role": "assistant", "content": "The Lake, Cold And Deep"}],  # neither
+    ]
+    rewards = bench.ifeval_reward(prompts=[[{"role": "user", "content": ROW["prompt"]}]] * 3,
+                                  completions=completions, ifeval=[json.dumps(ROW)] * 3,
+                                  completion_ids=[[1], [2], [3]], trainer_state=object())
+    assert rewards == [1.0, 0.5, 0.0]
+    assert bench.completion_text("plain text") == "plain text"
+
+
+def test_reward_refuses_misaligned_columns(bench):
+    with pytest.raises(ValueError):
+        bench.ifeval_reward(prompts=[], completions=["a", "b"], ifeval=[json.dumps(ROW)])
+
+
+def test_gain_figures_and_ratio(bench):
+    assert bench.gain_points(0.25, 0.30) == pytest.approx(5.0)
+    assert bench.per_cpu_hour(5.0, 1800) == pytest.approx(10.0)
+    assert bench.gain_points(None, 0.3) is None and bench.per_cpu_hour(None, 10) is None
+    assert bench.ratio(10.0, 4.0) == pytest.approx(2.5)
+    # Against no gain or a loss, a ratio would read as a speed-up (or flip sign): none is given.
+    assert bench.ratio(10.0, 0.0) is None and bench.ratio(10.0, -2.0) is None and bench.ratio(None, 1.0) is None
+
+
+def _side(cpu, rss_gib, after, steps=3, stopped_by="budget"):
+    return {"cpu_seconds": cpu, "wall_seconds": cpu * 1.5, "peak_rss_bytes": int(rss_gib * 2**30),
+            "steps": steps, "stopped_by": stopped_by, "eval": {"prompt_level_strict": after}}
+
+
+def test_table_and_ratio_line(bench):
+    sides = {"ours": _side(1800, 3.0, 0.30), "trl": _side(3600, 6.0, 0.275)}
+    table = bench.format_table(sides, before=0.25)
+    assert table.splitlines()[2] == ("| ours | 3 | 1,800 | 2,700 | 3.00 | 0.2500 | 0.3000 | +5.0 | +10.00 | budget |")
+    assert table.splitlines()[3].startswith("| trl | 3 | 3,600 | 5,400 | 6.00 | 0.2500 | 0.2750 | +2.5 | +2.50 |")
+    # ours: 5 points in half an hour = 10/h; TRL: 2.5 points in an hour = 2.5/h.
+    assert bench.format_ratios(sides, before=0.25) == (
+        "- ours / TRL: IFEval gain per CPU-hour x4.00, gain x2.00, CPU-s x0.50, peak RSS x0.50")
+
+
+def test_ratio_line_when_trl_gained_nothing(bench):
+    sides = {"ours": _side(1800, 3.0, 0.30), "trl": _side(1800, 6.0, 0.25)}
+    line = bench.format_ratios(sides, before=0.25)
+    assert "gain per CPU-hour n/a (TRL gained nothing)" in line and "CPU-s x1.00" in line
+    assert bench.format_ratios({"ours": sides["ours"]}, before=0.25) == ""  # one side: no ratio
+
+
+def test_headline_metric_read_from_the_eval_summary(bench, tmp_path):
+    """The file run_inspect_evals writes, through its own writer."""
+    from cookbook.eval.summary import TaskResult, write_summary
+
+    metrics = {"prompt_level_strict": 0.25, "prompt_level_loose": 0.5, "instruction_level_strict": 0.4,
+               "instruction_level_loose": 0.6}
+    path = write_summary(tmp_path / "summary.json", {"model": [
+        TaskResult(task="cookbook/ifeval", model="cookbook/x", status="success", metrics=metrics, samples=4)]}, run={})
+    assert bench.prompt_level_metrics(json.loads(path.read_text())) == {**metrics, "samples": 4}
+    failed = write_summary(tmp_path / "failed.json", {"model": [
+        TaskResult(task="cookbook/ifeval", model="cookbook/x", status="error")]}, run={})
+    with pytest.raises(ValueError, match="no successful cookbook/ifeval"):
+        bench.prompt_level_metrics(json.loads(failed.read_text()))
+
+
+def test_newest_checkpoint_prefers_final_then_the_latest_step(bench, tmp_path):
+    assert bench.newest_checkpoint(tmp_path) is None
+    for name in ("step_000002", "step_000010"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    (tmp_path / "step_000011").mkdir()  # being written: no config.json yet
+    assert bench.newest_checkpoint(tmp_path) == tmp_path / "step_000010"
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "config.json").write_text("{}")
+    assert bench.newest_checkpoint(tmp_path) == tmp_path / "final"
+
+
+def test_a_child_over_its_cpu_budget_is_stopped_and_measured(bench, tmp_path):
+    """The budget stop ours relies on: SIGTERM once the child's own CPU time reaches the budget,
+    and CPU-seconds / peak RSS from that child's rusage."""
+    spin = "import signal, sys\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(130))\nwhile True: pass\n"
+    run = bench.run_child([sys.executable, "-c", spin], bench.child_env(1), tmp_path / "child.log", cpu_budget_s=0.5)
+    assert run.stopped_by_budget and run.returncode == 130
+    assert 0.5 <= run.cpu_seconds < 10 and run.peak_rss_bytes > 0
+
+
+def test_quick_fills_only_what_the_command_line_left_out(bench, tmp_path):
+    args = bench.parse_args(["--out", str(tmp_path), "--quick", "--max-new-tokens", "24"])
+    assert (args.num_prompts, args.samples_per_prompt, args.max_new_tokens, args.eval_limit) == (4, 4, 24, 4)
+    full = bench.parse_args(["--out", str(tmp_path)])
+    assert (full.num_prompts, full.eval_limit, full.threads, full.temperature, full.rounds) == (64, None, 1, 0.8, 4)
+    # With a budget and no --rounds, ours samples rounds until the budget stops it.
+    assert bench.parse_args(["--out", str(tmp_path), "--cpu-budget-s", "60"]).rounds == bench.UNTIL_BUDGET_ROUNDS
+    assert bench.parse_args(["--out", str(tmp_path), "--cpu-budget-s", "60", "--rounds", "2"]).rounds == 2
+
+
+def test_our_command_and_trls_config_share_the_settings(bench, tmp_path):
+    args = bench.parse_args(["--out", str(tmp_path), "--quick", "--lr", "2e-6", "--beta", "0.2",
+                             "--batch-size", "4", "--micro-batch-size", "2", "--ours-arg", "seed=3"])
+    command = bench.ours_command(args)
+    assert command[1:3] == ["-m", "cookbook.recipes.preference.on_policy"]
+    assert {"prompts=ifeval_synthetic", "prompts.num_prompts=4", "reward=ifeval", "samples_per_prompt=4",
+            "batch_size=4", "micro_batch_size=2", "learning_rate=2e-06", "dpo_beta=0.2", "max_new_tokens=16", "lr_schedule=constant",
+            "temperature=0.8", "eval_ifeval=false", "behavior_if_log_dir_exists=delete"} <= set(command)
+    assert command[-1] == "seed=3"
+    config = bench.trl_config_kwargs(args, "unused")
+    assert (config["per_device_train_batch_size"] * config["gradient_accumulation_steps"], config["learning_rate"],
+            config["beta"], config["max_new_tokens"], config["temperature"]) == (4, 2e-6, [0.2], 16, 0.8)
+    assert config["gradient_checkpointing"] is False and config["bf16"] is True
+    with pytest.raises(SystemExit, match="not a multiple"):
+        bench.trl_config_kwargs(bench.parse_args(["--out", str(tmp_path), "--batch-size", "6",
+                                                  "--micro-batch-size", "4"]), "unused")
+
+
+def test_sampler_benchmark_gets_this_runs_sampling_settings(bench, tmp_path):
+    args = bench.parse_args(["--out", str(tmp_path), "--quick", "--temperature", "0.7", "--threads", "2"])
+    assert bench.sampler_argv(args) == ["--threads", "2", "--temperatures", "0.7", "--max-new-tokens", "16", "--quick"]
+    args = bench.parse_args(["--out", str(tmp_path), "--sampler-args", "--batch-sizes 8 --precisions bf16"])
+    assert bench.sampler_argv(args) == ["--batch-sizes", "8", "--precisions", "bf16"]
