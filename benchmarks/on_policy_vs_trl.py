@@ -449,6 +449,7 @@ def evaluate(args, label: str, model_path: str) -> dict[str, Any]:
     log_dir = args.out / "eval" / label
     options = {"model_path": model_path, "tasks": "cookbook/ifeval", "temperature": 0,
                "max_tokens": args.eval_max_tokens, "limit": args.eval_limit, "log_dir": log_dir,
+               "batch_size": args.eval_batch_size,
                "num_threads": args.threads, "display": "plain"}
     command = [str(args.ours_python), "-m", "cookbook.eval.run_inspect_evals",
                *(f"{k}={v}" for k, v in options.items() if v is not None)]
@@ -513,6 +514,7 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--trl-max-steps", type=int, help="TRL: stop after this many steps even within the budget")
     parser.add_argument("--eval-limit", type=int, help="evaluate on the first N bundled IFEval prompts (default all 128)")
     parser.add_argument("--eval-max-tokens", type=int, help="most new tokens per eval reply (default 512)")
+    parser.add_argument("--eval-batch-size", type=int, default=32, help="requests the eval generates together")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every child process")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prompt-seed", type=int, default=0, help="seed of the ifeval_synthetic prompts")

@@ -42,6 +42,9 @@ PANELS: tuple[Panel, ...] = (
     Panel("NLL", ("nll",)),
     Panel("learning rate", ("learning_rate",)),
     Panel("grad norm", ("grad_norm",)),
+    # The on-policy recipe: how its samples scored each round, and IFEval on the bundled set.
+    Panel("sampled reward", ("samples/reward_best", "samples/reward_mean", "samples/reward_worst")),
+    Panel("IFEval", ("ifeval_prompt_strict", "ifeval_instruction_strict")),
 )
 LINE_STYLES = ("-", ":", "-.", (0, (5, 1)))
 HELD_OUT_MARKERS = ("o", "s", "^", "D")

@@ -198,3 +198,20 @@ def test_lora_policy_samples_trains_and_saves_adapters(tmp_path, tiny_model_dir,
     starts_at_reference = records[2]["dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert starts_at_reference == (reference == "round_start")
     assert (log_path / "final" / "adapter_model.safetensors").exists()
+
+
+def test_ifeval_at_the_start_after_each_round_and_at_the_end(tmp_path, tiny_model_dir, prompt_file):
+    sys.path.insert(0, str(HERE))
+    log_path = tmp_path / "run"
+    cli([a for a in args(log_path, tiny_model_dir, prompt_file) if a != "eval_ifeval=false"]
+        + ["eval_ifeval=true", "eval_every=2", "eval_max_new_tokens=64"])
+    evals = [r for r in read_metrics(log_path) if "test/ifeval_prompt_strict" in r]
+    assert [r["step"] for r in evals] == [0, 2, 4]
+    for record in evals:
+        for key in ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose"):
+            assert 0.0 <= record[f"test/ifeval_{key}"] <= 1.0
+        # Loose accepts everything strict does.
+        assert record["test/ifeval_prompt_loose"] >= record["test/ifeval_prompt_strict"]
+        assert record["test/ifeval_instruction_loose"] >= record["test/ifeval_instruction_strict"]
+    # A random model follows some instructions (e.g. "no commas") but far from all of them.
+    assert 0.0 < max(r["test/ifeval_instruction_strict"] for r in evals) < 0.5

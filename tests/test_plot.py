@@ -161,3 +161,19 @@ def test_cli_errors_name_the_problem(tmp_path):
     empty = write_run(tmp_path / "empty", [])
     with pytest.raises(SystemExit, match="nothing to plot yet"):
         main([str(empty)])
+
+
+def test_an_on_policy_run_plots_its_sampled_rewards_and_ifeval(tmp_path):
+    records = [{"step": 0, "test/ifeval_prompt_strict": 0.125, "test/ifeval_instruction_strict": 0.37}]
+    for step in range(1, 5):
+        record = {"step": step, "dpo_loss": 0.69 - 0.05 * step, "learning_rate": 1e-5}
+        if step % 2 == 1:
+            record.update({"samples/reward_best": 0.5 + step / 100, "samples/reward_mean": 0.3,
+                           "samples/reward_worst": 0.2})
+        records.append(record)
+    records.append({"step": 4, "test/ifeval_prompt_strict": 0.2, "test/ifeval_instruction_strict": 0.45})
+    figure = draw_runs([load_run(write_run(tmp_path / "run", records))])
+    assert [axes.get_title() for axes in figure.axes] == ["loss", "learning rate", "sampled reward", "IFEval"]
+    assert_lines_are_the_logged_values(figure, records, ["samples/reward_best", "samples/reward_mean",
+                                                         "samples/reward_worst", "test/ifeval_prompt_strict",
+                                                         "test/ifeval_instruction_strict"])

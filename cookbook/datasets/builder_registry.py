@@ -6,6 +6,9 @@ builder must subclass, the modules that register their built-ins and how they wo
 so both resolve `dataset=<name>`, `dataset=my.module:MyBuilder` and `dataset=data.jsonl` alike.
 Other option families (the on-policy recipe's `prompts=` and `reward=`) use it too, naming their
 option with `option=` so that messages say `prompts=...` rather than `dataset=...`.
+
+`NamedBuilderMetaFactory` is the chz side of each family: the `meta_factory=` of a config field whose
+builder is chosen by such a string.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from __future__ import annotations
 import functools
 import importlib
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
-from chz.factories import MetaFromString
+from chz.factories import MetaFactory, MetaFromString
+from chz.tiepin import CastError
 
 from cookbook.datasets.files import SUPPORTED_SUFFIXES
 
@@ -106,3 +110,33 @@ class BuilderRegistry(Generic[BaseT]):
         if not spec.lower().endswith(self.file_suffixes) or ":" in spec:
             return None
         return functools.partial(self.classes()[self.file_builder_name], path=spec)
+
+
+class NamedBuilderMetaFactory(MetaFactory):
+    """chz meta-factory for a field chosen as `<option>=<spec>`. A subclass sets the option's name, its
+    default spec, the forms it takes (for the message when a value is given instead) and `resolve`,
+    which turns a spec into a builder factory or raises MetaFromString."""
+
+    option: ClassVar[str]
+    default_spec: ClassVar[str]
+    forms: ClassVar[str]  # "a registered name or module:Class"
+
+    def __init__(self, default: str | None = None) -> None:
+        super().__init__()
+        self.default = self.default_spec if default is None else default
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(default={self.default!r})"
+
+    def resolve(self, spec: str) -> Callable[..., Any]:
+        raise NotImplementedError
+
+    def unspecified_factory(self) -> Callable[..., Any]:
+        # Used when only sub-fields are given (`dataset.test_size=5`): they configure the default.
+        return self.resolve(self.default)
+
+    def from_string(self, factory: str) -> Callable[..., Any]:
+        return self.resolve(factory)
+
+    def perform_cast(self, value: str):
+        raise CastError(f"{self.option}={value} is not a value; {self.option}= takes {self.forms}")

@@ -15,11 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from chz.factories import MetaFactory, MetaFromString
-from chz.tiepin import CastError
+from chz.factories import MetaFromString
 
 from cookbook.datasets.builder import DPODatasetBuilder
-from cookbook.datasets.builder_registry import BuilderRegistry
+from cookbook.datasets.builder_registry import BuilderRegistry, NamedBuilderMetaFactory
 
 DEFAULT_DATASET = "demo"
 # Modules whose import registers the built-in builders (imported on first lookup).
@@ -65,27 +64,24 @@ def _resolve(spec: str) -> type[DPODatasetBuilder]:
     return cls
 
 
-class DatasetMetaFactory(MetaFactory):
+def _factory_for(spec: str) -> Callable[..., DPODatasetBuilder]:
+    # `dataset=prefs.jsonl` is shorthand for `dataset=file dataset.path=prefs.jsonl`.
+    return _BUILDERS.file_factory(spec) or _resolve(spec)
+
+
+class DatasetMetaFactory(NamedBuilderMetaFactory):
     """chz meta-factory for a `DPODatasetBuilder` field: registered short names, a data file's path,
     then `module:Class`."""
 
-    def __init__(self, default: str = DEFAULT_DATASET) -> None:
-        super().__init__()
-        self.default = default
-
-    def __repr__(self) -> str:
-        return f"DatasetMetaFactory(default={self.default!r})"
+    option = "dataset"
+    default_spec = DEFAULT_DATASET
+    forms = "a registered name or module:Class"
+    resolve = staticmethod(_factory_for)
 
     def unspecified_factory(self) -> Callable[..., Any]:
-        # Used when only sub-fields are given (`dataset.test_size=5`): they configure the default.
+        # Used when only sub-fields are given (`dataset.test_size=5`): they configure the default, which
+        # here is a registered name or module:Class (a preference field's meta-factory takes any form).
         return _resolve(self.default)
-
-    def from_string(self, factory: str) -> Callable[..., Any]:
-        # `dataset=prefs.jsonl` is shorthand for `dataset=file dataset.path=prefs.jsonl`.
-        return _BUILDERS.file_factory(factory) or _resolve(factory)
-
-    def perform_cast(self, value: str):
-        raise CastError(f"dataset={value} is not a value; dataset= takes a registered name or module:Class")
 
 
 def dataset_meta_factory(default: str = DEFAULT_DATASET) -> DatasetMetaFactory:

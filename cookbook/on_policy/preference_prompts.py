@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +27,8 @@ import chz
 from cookbook.datasets.builder import ComparisonSplits, DPODatasetBuilder
 from cookbook.datasets.comparison import Comparison, Skip
 from cookbook.datasets.demo import DemoBuilder
-from cookbook.datasets.registry import DatasetMetaFactory, dataset_meta_factory
+from cookbook.datasets.preference_field import subclass_with_preference_field
+from cookbook.datasets.registry import dataset_meta_factory
 from cookbook.datasets.split_builder import SkipCounts
 from cookbook.on_policy.prompt import PromptItem, PromptList
 from cookbook.on_policy.prompt_registry import PREFERENCE_PREFIX, register_prompt_source
@@ -75,27 +76,11 @@ class PreferencePrompts(PromptSource):
             yield f"{self.dataset.name()} {self.split} pair {index}", comparison.prompt
 
 
-class _PreferenceMetaFactory(DatasetMetaFactory):
-    """The preference meta-factory with any `dataset=` form (a file path too) as its default."""
-
-    def unspecified_factory(self) -> Callable[..., DPODatasetBuilder]:
-        return self.from_string(self.default)
-
-
 @functools.cache
 def preference_prompts_for(dataset_spec: str) -> type[PreferencePrompts]:
     """A PreferencePrompts subclass whose `dataset` defaults to `dataset_spec`, so the preference
     builder's fields stay settable (`prompts.dataset.local_path=...`). Cached: one class per spec."""
-    meta_factory = _PreferenceMetaFactory(dataset_spec)
-    default_factory = meta_factory.from_string(dataset_spec)  # raises MetaFromString on an unknown name
-    namespace = {
-        "__module__": __name__,
-        "__qualname__": f"PreferencePrompts[{dataset_spec}]",
-        "__annotations__": {"dataset": DPODatasetBuilder},
-        "dataset": chz.field(
-            default_factory=default_factory,
-            meta_factory=meta_factory,
-            doc=f"the preference data set whose prompts are sampled on (default {dataset_spec})",
-        ),
-    }
-    return chz.chz(type(f"PreferencePrompts[{dataset_spec}]", (PreferencePrompts,), namespace))
+    return subclass_with_preference_field(
+        PreferencePrompts, "dataset", dataset_spec,
+        doc=f"the preference data set whose prompts are sampled on (default {dataset_spec})",
+    )

@@ -19,12 +19,11 @@ and a field override given without `prompts=` (e.g. only `prompts.num_prompts=64
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from chz.factories import MetaFactory, MetaFromString
-from chz.tiepin import CastError
+from chz.factories import MetaFromString
 
-from cookbook.datasets.builder_registry import BuilderRegistry
+from cookbook.datasets.builder_registry import BuilderRegistry, NamedBuilderMetaFactory
 from cookbook.on_policy.prompt_source import PromptSource
 
 DEFAULT_PROMPTS = "ifeval_synthetic"
@@ -78,28 +77,13 @@ def _factory_for(spec: str) -> Callable[..., PromptSource]:
     return factory
 
 
-class PromptMetaFactory(MetaFactory):
+class PromptMetaFactory(NamedBuilderMetaFactory):
     """chz meta-factory for a `PromptSource` field (see the module docstring)."""
 
-    def __init__(self, default: str = DEFAULT_PROMPTS) -> None:
-        super().__init__()
-        self.default = default
-
-    def __repr__(self) -> str:
-        return f"PromptMetaFactory(default={self.default!r})"
-
-    def unspecified_factory(self) -> Callable[..., Any]:
-        # Used when only sub-fields are given (`prompts.num_prompts=64`): they configure the default.
-        return _factory_for(self.default)
-
-    def from_string(self, factory: str) -> Callable[..., Any]:
-        return _factory_for(factory)
-
-    def perform_cast(self, value: str):
-        raise CastError(
-            f"prompts={value} is not a value; prompts= takes a registered name, {PREFERENCE_PREFIX}<dataset>, "
-            "a .jsonl file or module:Class"
-        )
+    option = "prompts"
+    default_spec = DEFAULT_PROMPTS
+    forms = f"a registered name, {PREFERENCE_PREFIX}<dataset>, a .jsonl file or module:Class"
+    resolve = staticmethod(_factory_for)
 
 
 def prompt_meta_factory(default: str = DEFAULT_PROMPTS) -> PromptMetaFactory:

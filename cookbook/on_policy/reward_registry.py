@@ -18,10 +18,9 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from chz.factories import MetaFactory, MetaFromString
-from chz.tiepin import CastError
+from chz.factories import MetaFromString
 
-from cookbook.datasets.builder_registry import BuilderRegistry
+from cookbook.datasets.builder_registry import BuilderRegistry, NamedBuilderMetaFactory
 from cookbook.on_policy.reward_base import Reward
 
 DEFAULT_REWARD = "ifeval"
@@ -79,26 +78,13 @@ def _factory_for(spec: str) -> Callable[..., Reward]:
     )
 
 
-class RewardMetaFactory(MetaFactory):
+class RewardMetaFactory(NamedBuilderMetaFactory):
     """chz meta-factory for a `Reward` field (see the module docstring)."""
 
-    def __init__(self, default: str = DEFAULT_REWARD) -> None:
-        super().__init__()
-        self.default = default
-
-    def __repr__(self) -> str:
-        return f"RewardMetaFactory(default={self.default!r})"
-
-    def unspecified_factory(self) -> Callable[..., Any]:
-        # Used when only sub-fields are given (`reward.mode=loose`): they configure the default.
-        return _factory_for(self.default)
-
-    def from_string(self, factory: str) -> Callable[..., Any]:
-        return _factory_for(factory)
-
-    def perform_cast(self, value: str):
-        raise CastError(f"reward={value} is not a value; reward= takes a registered name, module:Class or "
-                        "module:function")
+    option = "reward"
+    default_spec = DEFAULT_REWARD
+    forms = "a registered name, module:Class or module:function"
+    resolve = staticmethod(_factory_for)
 
 
 def reward_meta_factory(default: str = DEFAULT_REWARD) -> RewardMetaFactory:

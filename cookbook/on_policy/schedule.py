@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from cookbook.training.data_order import epoch_order
+from cookbook.training.data_order import check_batch_sizes, epoch_order, rank_micro_batches
 
 ROUND_STRIDE = 1_000_000_000
 
@@ -41,9 +41,7 @@ class RoundSchedule:
     world_size: int = 1
 
     def __post_init__(self) -> None:
-        if self.batch_size % (self.micro_batch_size * self.world_size):
-            raise ValueError(f"batch_size={self.batch_size} must be a multiple of micro_batch_size x world_size "
-                             f"= {self.micro_batch_size} x {self.world_size}")
+        check_batch_sizes(self.batch_size, self.micro_batch_size, self.world_size)
 
     @property
     def steps_per_epoch(self) -> int:  # the loop logs `epoch`: here, the round
@@ -53,10 +51,6 @@ class RoundSchedule:
     def total_steps(self) -> int:
         total = self.rounds * self.steps_per_round
         return total if self.max_steps is None else min(total, self.max_steps)
-
-    @property
-    def accumulation_steps(self) -> int:
-        return self.batch_size // (self.micro_batch_size * self.world_size)
 
     def round_of(self, step: int) -> int:
         return step // self.steps_per_round
@@ -68,19 +62,16 @@ class RoundSchedule:
 
     def micro_batches(self, step: int) -> list[list[int]]:
         """This rank's micro-batches at `step`: every world_size-th pair of the global batch."""
-        return self._split(self.global_batch(step))
+        return rank_micro_batches(self.global_batch(step), self.rank, self.world_size, self.micro_batch_size)
 
     def round_micro_batches(self, round_index: int, num_pairs: int) -> list[list[int]]:
         """This rank's micro-batches of every step of the round, as pair indices within the round."""
         steps = range(round_index * self.steps_per_round,
                       min((round_index + 1) * self.steps_per_round, self.total_steps))
-        return [ids for step in steps for ids in self._split(
-            round_batch(self.seed, round_index, num_pairs, self.batch_size, step - round_index * self.steps_per_round))]
-
-    def _split(self, global_ids: list[int]) -> list[list[int]]:
-        mine = global_ids[self.rank :: self.world_size]
-        size = self.micro_batch_size
-        return [mine[i * size : (i + 1) * size] for i in range(self.accumulation_steps)]
+        offsets = [step - round_index * self.steps_per_round for step in steps]
+        return [ids for offset in offsets for ids in rank_micro_batches(
+            round_batch(self.seed, round_index, num_pairs, self.batch_size, offset),
+            self.rank, self.world_size, self.micro_batch_size)]
 
 
 def round_batch(seed: int, round_index: int, num_pairs: int, batch_size: int, offset: int) -> list[int]:

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import chz
 
 from cookbook.datasets.builder import DPODatasetBuilder, SkipCounts
 from cookbook.datasets.comparison import Comparison, Skip
 from cookbook.datasets.demo import DemoBuilder
-from cookbook.datasets.registry import DatasetMetaFactory, dataset_meta_factory
+from cookbook.datasets.preference_field import subclass_with_preference_field
+from cookbook.datasets.registry import dataset_meta_factory
 from cookbook.supervised.builder import ExampleSplits, SupervisedDatasetBuilder
 from cookbook.supervised.example import Conversation
 from cookbook.supervised.registry import CHOSEN_PREFIX, register_supervised_builder
@@ -70,27 +71,11 @@ class ChosenBuilder(SupervisedDatasetBuilder):
         )
 
 
-class _PreferenceMetaFactory(DatasetMetaFactory):
-    """The preference meta-factory with any `dataset=` form (a file path too) as its default."""
-
-    def unspecified_factory(self) -> Callable[..., DPODatasetBuilder]:
-        return self.from_string(self.default)
-
-
 @functools.cache
 def chosen_builder_for(preference_spec: str) -> type[ChosenBuilder]:
     """A ChosenBuilder subclass whose `preference` defaults to `preference_spec`, so the preference
     builder's fields stay settable (`dataset.preference.local_path=...`). Cached: one class per spec."""
-    meta_factory = _PreferenceMetaFactory(preference_spec)
-    default_factory = meta_factory.from_string(preference_spec)  # raises MetaFromString on an unknown name
-    namespace = {
-        "__module__": __name__,
-        "__qualname__": f"ChosenBuilder[{preference_spec}]",
-        "__annotations__": {"preference": DPODatasetBuilder},
-        "preference": chz.field(
-            default_factory=default_factory,
-            meta_factory=meta_factory,
-            doc=f"the preference data set whose chosen replies are trained on (default {preference_spec})",
-        ),
-    }
-    return chz.chz(type(f"ChosenBuilder[{preference_spec}]", (ChosenBuilder,), namespace))
+    return subclass_with_preference_field(
+        ChosenBuilder, "preference", preference_spec,
+        doc=f"the preference data set whose chosen replies are trained on (default {preference_spec})",
+    )

@@ -20,12 +20,11 @@ A field override given without `dataset=` (e.g. only `dataset.test_size=50`) app
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from chz.factories import MetaFactory, MetaFromString
-from chz.tiepin import CastError
+from chz.factories import MetaFromString
 
-from cookbook.datasets.builder_registry import BuilderRegistry
+from cookbook.datasets.builder_registry import BuilderRegistry, NamedBuilderMetaFactory
 from cookbook.supervised.builder import SupervisedDatasetBuilder
 
 DEFAULT_SUPERVISED_DATASET = "chosen:demo"  # the chosen side of the bundled demo pairs
@@ -81,27 +80,13 @@ def _factory_for(spec: str) -> Callable[..., SupervisedDatasetBuilder]:
     return factory
 
 
-class SupervisedDatasetMetaFactory(MetaFactory):
+class SupervisedDatasetMetaFactory(NamedBuilderMetaFactory):
     """chz meta-factory for a `SupervisedDatasetBuilder` field (see the module docstring)."""
 
-    def __init__(self, default: str = DEFAULT_SUPERVISED_DATASET) -> None:
-        super().__init__()
-        self.default = default
-
-    def __repr__(self) -> str:
-        return f"SupervisedDatasetMetaFactory(default={self.default!r})"
-
-    def unspecified_factory(self) -> Callable[..., Any]:
-        # Used when only sub-fields are given (`dataset.test_size=5`): they configure the default.
-        return _factory_for(self.default)
-
-    def from_string(self, factory: str) -> Callable[..., Any]:
-        return _factory_for(factory)
-
-    def perform_cast(self, value: str):
-        raise CastError(
-            f"dataset={value} is not a value; dataset= takes a registered name, chosen:<name>, a file or module:Class"
-        )
+    option = "dataset"
+    default_spec = DEFAULT_SUPERVISED_DATASET
+    forms = f"a registered name, {CHOSEN_PREFIX}<name>, a file or module:Class"
+    resolve = staticmethod(_factory_for)
 
 
 def supervised_dataset_meta_factory(default: str = DEFAULT_SUPERVISED_DATASET) -> SupervisedDatasetMetaFactory:

@@ -31,9 +31,7 @@ class BatchSchedule:
     world_size: int = 1
 
     def __post_init__(self) -> None:
-        if self.batch_size % (self.micro_batch_size * self.world_size):
-            raise ValueError(f"batch_size={self.batch_size} must be a multiple of micro_batch_size x world_size "
-                             f"= {self.micro_batch_size} x {self.world_size}")
+        check_batch_sizes(self.batch_size, self.micro_batch_size, self.world_size)
         if self.steps_per_epoch == 0:
             raise ValueError(f"batch_size={self.batch_size} is larger than the {self.num_pairs} training pairs")
 
@@ -46,10 +44,6 @@ class BatchSchedule:
         total = self.steps_per_epoch * self.num_epochs
         return total if self.max_steps is None else min(total, self.max_steps)
 
-    @property
-    def accumulation_steps(self) -> int:
-        return self.batch_size // (self.micro_batch_size * self.world_size)
-
     def global_batch(self, step: int) -> list[int]:
         epoch, offset = divmod(step, self.steps_per_epoch)
         order = epoch_order(self.seed, epoch, self.num_pairs)
@@ -57,9 +51,19 @@ class BatchSchedule:
 
     def micro_batches(self, step: int) -> list[list[int]]:
         """This rank's micro-batches at `step`: every world_size-th pair of the global batch."""
-        mine = self.global_batch(step)[self.rank :: self.world_size]
-        size = self.micro_batch_size
-        return [mine[i * size : (i + 1) * size] for i in range(self.accumulation_steps)]
+        return rank_micro_batches(self.global_batch(step), self.rank, self.world_size, self.micro_batch_size)
 
     def all_micro_batches(self) -> list[list[int]]:
         return [ids for step in range(self.total_steps) for ids in self.micro_batches(step)]
+
+
+def check_batch_sizes(batch_size: int, micro_batch_size: int, world_size: int) -> None:
+    if batch_size % (micro_batch_size * world_size):
+        raise ValueError(f"batch_size={batch_size} must be a multiple of micro_batch_size x world_size "
+                         f"= {micro_batch_size} x {world_size}")
+
+
+def rank_micro_batches(global_ids: list[int], rank: int, world_size: int, micro_batch_size: int) -> list[list[int]]:
+    """A rank's micro-batches of a global batch: every world_size-th id, `micro_batch_size` at a time."""
+    mine = global_ids[rank::world_size]
+    return [mine[i : i + micro_batch_size] for i in range(0, len(mine), micro_batch_size)]
