@@ -78,7 +78,7 @@ def _train(config: Config, run: Run) -> Path | None:
 
     task = OnPolicyTask(store, config.loss_settings, info.device, evaluate if rows else None)
     metadata = {"renderer_name": run.renderer_name, "base_model_name": start_name,
-                "reference_model_name": start_name if config.reference == "initial" else "round start"}
+                "reference": config.reference}
     return run.train(policy, causal_lm, task, schedule, tokenizer, metadata,
                      start_metrics={"prompts": len(prompts), "prompts_too_long": too_long},
                      eval_tasks="cookbook/ifeval")
