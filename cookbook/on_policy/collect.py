@@ -47,12 +47,11 @@ def collect_round(causal_lm, prompts: list[PromptItem], prompt_tokens: list[list
     mine = list(range(info.rank, len(prompts), info.world_size))
     repeat = how.samples_per_prompt
     generator = torch.Generator().manual_seed(how.seed * 1_000_003 + round_index * 1_009 + info.rank)
-    # In lockstep (FSDP) every rank must run as many forwards: equal shares, the filler dropped after.
-    filler = (-(-len(prompts) // info.world_size) - len(mine)) if lockstep is not None else 0
+    filler = lockstep_filler(len(prompts), len(mine), info, lockstep)
     started = time.perf_counter()
     completions = sample(
         causal_lm, [prompt_tokens[i] for i in mine + [0] * filler for _ in range(repeat)], how.settings,
-        stop_token_ids=list(renderer.get_stop_token_ids()), pad_token_id=_pad_id(renderer),
+        stop_token_ids=list(renderer.get_stop_token_ids()), pad_token_id=pad_id(renderer),
         batch_size=how.batch_size, generator=generator, compute_context=compute_context, lockstep=lockstep,
     )
     seconds = time.perf_counter() - started
@@ -76,7 +75,14 @@ def collect_round(causal_lm, prompts: list[PromptItem], prompt_tokens: list[list
     return [record for _, record in ordered], stats
 
 
-def _pad_id(renderer) -> int:
+def lockstep_filler(total: int, mine: int, info: dist_utils.DistInfo, lockstep) -> int:
+    """How many stand-in items this rank adds to its share of `total` so that, in lockstep (FSDP),
+    every rank runs as many forwards; their results are dropped. 0 without lockstep."""
+    return (-(-total // info.world_size) - mine) if lockstep is not None else 0
+
+
+def pad_id(renderer) -> int:
+    """The padding token for sampling: the tokenizer's, else the renderer's first stop token."""
     tokenizer = renderer.tokenizer
     if tokenizer.pad_token_id is not None:
         return tokenizer.pad_token_id

@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Callable
 
 from cookbook.eval.ifeval import load_ifeval_rows, pooled_accuracy, score_response
+from cookbook.on_policy.collect import lockstep_filler, pad_id
 from cookbook.sampling import SamplingSettings, sample
 from cookbook.training import distributed as dist_utils
 
@@ -23,12 +24,12 @@ def ifeval_metrics(causal_lm, renderer, rows: list[dict], info: dist_utils.DistI
                    lockstep: Callable[[bool], bool] | None = None, prefix: str = "test/ifeval_") -> dict[str, float]:
     """prompt_strict, prompt_loose, instruction_strict, instruction_loose over all `rows`."""
     mine = rows[info.rank :: info.world_size]
-    filler = (-(-len(rows) // info.world_size) - len(mine)) if lockstep is not None else 0
+    filler = lockstep_filler(len(rows), len(mine), info, lockstep)
     prompts = [renderer.build_generation_prompt([{"role": "user", "content": row["prompt"]}])
                for row in mine + rows[:filler]]
     completions = sample(causal_lm, prompts, SamplingSettings(max_new_tokens=max_new_tokens),
                          stop_token_ids=list(renderer.get_stop_token_ids()),
-                         pad_token_id=renderer.tokenizer.pad_token_id or renderer.get_stop_token_ids()[0],
+                         pad_token_id=pad_id(renderer),
                          batch_size=batch_size, compute_context=compute_context, lockstep=lockstep)
     verdicts = [score_response(str(renderer.parse_response(c.tokens).message["content"]), row)
                 for c, row in zip(completions, mine)]
