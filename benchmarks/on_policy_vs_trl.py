@@ -1,8 +1,10 @@
 """On-policy preference training under one CPU budget: our recipe against TRL's OnlineDPOTrainer,
 judged by what each buys on IFEval per CPU-hour.
 
-    # the comparison (hours of CPU; see benchmarks/README.md), after bash benchmarks/setup_bench_env.sh:
-    benchmarks/.venv-bench/bin/python benchmarks/on_policy_vs_trl.py --cpu-budget-s 3600 --out runs/on-policy-vs-trl
+    # the comparison (both sides at once, ~40 minutes on 2 cores; see benchmarks/README.md), after
+    # bash benchmarks/setup_bench_env.sh:
+    benchmarks/.venv-bench/bin/python benchmarks/on_policy_vs_trl.py --cpu-budget-s 1250 --jobs 2 --skip-sampler \\
+        --out runs/on-policy-vs-trl
     # a smoke run of the whole pipeline (a few CPU-minutes):
     benchmarks/.venv-bench/bin/python benchmarks/on_policy_vs_trl.py --quick --out /tmp/opvt
     # one side only:
@@ -63,6 +65,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -76,15 +80,16 @@ BUNDLED_MODEL = "smollm2-135m-instruct"
 HEADLINE_METRIC = "prompt_level_strict"
 EXIT_STOPPED = 130  # our CLI's status for a run stopped by SIGINT/SIGTERM (after it saved)
 
-# Defaults of the full comparison, and the smoke configuration --quick puts in their place (an option
-# given on the command line wins over both).
-DEFAULTS = dict(num_prompts=64, samples_per_prompt=4, max_new_tokens=128, temperature=0.8, lr=1e-6, beta=0.1,
-                batch_size=8, micro_batch_size=4, rounds=4, steps_per_round=None, trl_max_steps=None,
-                eval_limit=None, eval_max_tokens=512)
+# Defaults of the full comparison: the recipe's own (micro-batches of 4 pairs keep TRL's trainer under
+# ~10 GiB), and the smoke configuration --quick puts in their place (an option given on the command
+# line wins over both).
+DEFAULTS = dict(num_prompts=256, prompts_per_round=64, samples_per_prompt=4, max_new_tokens=256, temperature=0.7,
+                lr=3e-5, beta=0.1, batch_size=16, micro_batch_size=4, rounds=2, steps_per_round=None,
+                trl_max_steps=None, eval_limit=None, eval_max_tokens=512)
 # With a budget and no --rounds, ours runs rounds until the budget stops it.
 UNTIL_BUDGET_ROUNDS = 10_000
-QUICK = dict(num_prompts=4, samples_per_prompt=4, max_new_tokens=16, batch_size=2, micro_batch_size=2, rounds=1,
-             steps_per_round=2, trl_max_steps=2, eval_limit=4, eval_max_tokens=32)
+QUICK = dict(num_prompts=4, prompts_per_round=4, samples_per_prompt=4, max_new_tokens=16, batch_size=2,
+             micro_batch_size=2, rounds=1, steps_per_round=2, trl_max_steps=2, eval_limit=4, eval_max_tokens=32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,7 +265,7 @@ def ours_command(args) -> list[str]:
     options = {
         "log_path": args.out / "ours", "prompts": "ifeval_synthetic", "prompts.num_prompts": args.num_prompts,
         "prompts.seed": args.prompt_seed, "reward": "ifeval", "rounds": args.rounds,
-        "prompts_per_round": args.prompts_per_round or args.num_prompts, "lr_schedule": "constant",
+        "prompts_per_round": args.prompts_per_round, "lr_schedule": "constant",
         "samples_per_prompt": args.samples_per_prompt, "steps_per_round": args.steps_per_round,
         "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size, "learning_rate": args.lr,
         "dpo_beta": args.beta, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
@@ -491,6 +496,20 @@ def run_sampler(args) -> dict[str, Any]:
 # Driver
 
 
+def run_jobs(jobs: dict[str, Callable[[], Any]], at_once: int) -> Iterator[tuple[str, Any]]:
+    """Yield (name, result) of the named jobs, in order, running `at_once` of them at a time. With 1,
+    a job starts only after the previous one's result was taken, so it may read it. Each job runs
+    its own child process, whose CPU-seconds and peak RSS are its own either way."""
+    if at_once <= 1:
+        for name, job in jobs.items():
+            yield name, job()
+        return
+    with ThreadPoolExecutor(max_workers=at_once) as pool:
+        futures = {name: pool.submit(job) for name, job in jobs.items()}
+        for name, future in futures.items():
+            yield name, future.result()
+
+
 def parse_args(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -508,14 +527,17 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--batch-size", type=int, help="pairs per optimizer step (TRL: prompts per step)")
     parser.add_argument("--micro-batch-size", type=int)
     parser.add_argument("--rounds", type=int,
-                        help="ours: sampling rounds (default 4; with --cpu-budget-s, as many as the budget allows)")
-    parser.add_argument("--prompts-per-round", type=int, help="ours: prompts sampled per round (default: all)")
+                        help="ours: sampling rounds (default 2, the recipe's; with --cpu-budget-s, as many as the budget allows)")
+    parser.add_argument("--prompts-per-round", type=int, help="ours: prompts sampled per round (default 64, the recipe's)")
     parser.add_argument("--steps-per-round", type=int, help="ours: optimizer steps per round (default: the recipe's)")
     parser.add_argument("--trl-max-steps", type=int, help="TRL: stop after this many steps even within the budget")
     parser.add_argument("--eval-limit", type=int, help="evaluate on the first N bundled IFEval prompts (default all 128)")
     parser.add_argument("--eval-max-tokens", type=int, help="most new tokens per eval reply (default 512)")
     parser.add_argument("--eval-batch-size", type=int, default=32, help="requests the eval generates together")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every child process")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="child processes at once: 2 trains both sides together, then runs the evals two at a "
+                             "time (needs --cpu-budget-s: without one, TRL's budget is what ours spent)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prompt-seed", type=int, default=0, help="seed of the ifeval_synthetic prompts")
     parser.add_argument("--skip-ours", action="store_true")
@@ -535,6 +557,8 @@ def parse_args(argv: list[str] | None = None):
     args = parser.parse_args(argv)
     if args.cpu_budget_s is not None and args.rounds is None:
         args.rounds = UNTIL_BUDGET_ROUNDS
+    if args.jobs > 1 and args.cpu_budget_s is None:
+        parser.error("--jobs > 1 needs --cpu-budget-s: without one, TRL's budget is what ours spent, so it runs after ours")
     for key, value in {**DEFAULTS, **(QUICK if args.quick else {})}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -553,22 +577,28 @@ def main(argv: list[str] | None = None) -> None:
     if args.skip_ours and args.cpu_budget_s is None and not args.skip_trl and args.trl_max_steps is None:
         raise SystemExit("--skip-ours needs --cpu-budget-s (or --trl-max-steps): TRL's budget is otherwise what ours spent")
     args.out.mkdir(parents=True, exist_ok=True)
-    sides: dict[str, dict[str, Any]] = {}
+    trainers = {}
     if not args.skip_ours:
-        sides["ours"] = run_ours(args, args.cpu_budget_s)
-        print(f"ours: {sides['ours']['cpu_seconds']:.0f} CPU-s, peak RSS {sides['ours']['peak_rss_bytes'] / 2**30:.2f} GiB, "
-              f"{sides['ours']['steps']} steps ({sides['ours']['stopped_by']})", flush=True)
+        trainers["ours"] = lambda: run_ours(args, args.cpu_budget_s)
     if not args.skip_trl:
-        budget = args.cpu_budget_s if args.cpu_budget_s is not None else sides.get("ours", {}).get("cpu_seconds")
-        sides["trl"] = run_trl(args, budget)
-        print(f"trl: {sides['trl']['cpu_seconds']:.0f} CPU-s, peak RSS {sides['trl']['peak_rss_bytes'] / 2**30:.2f} GiB, "
-              f"{sides['trl']['steps']} steps ({sides['trl']['stopped_by']})", flush=True)
+        # Without a budget TRL gets what ours spent: it starts after ours (parse_args keeps --jobs 1 then).
+        trainers["trl"] = lambda: run_trl(args, args.cpu_budget_s if args.cpu_budget_s is not None
+                                          else sides.get("ours", {}).get("cpu_seconds"))
+    sides: dict[str, dict[str, Any]] = {}
+    for name, side in run_jobs(trainers, args.jobs):
+        sides[name] = side
+        print(f"{name}: {side['cpu_seconds']:.0f} CPU-s, peak RSS {side['peak_rss_bytes'] / 2**30:.2f} GiB, "
+              f"{side['steps']} steps ({side['stopped_by']})", flush=True)
     before = None
     if not args.skip_eval:
-        base = evaluate(args, "start", BUNDLED_MODEL)
-        before = base[HEADLINE_METRIC]
+        evals = {"start": lambda: evaluate(args, "start", BUNDLED_MODEL)}
         for name, side in sides.items():
-            side["eval"] = evaluate(args, name, side["checkpoint"])
+            evals[name] = lambda name=name, side=side: evaluate(args, name, side["checkpoint"])
+        scores = dict(run_jobs(evals, args.jobs))
+        base = scores.pop("start")
+        before = base[HEADLINE_METRIC]
+        for name, score in scores.items():
+            sides[name]["eval"] = score
     sampler = None if args.skip_sampler else run_sampler(args)
 
     settings = {k: getattr(args, k) for k in ("num_prompts", "samples_per_prompt", "max_new_tokens", "temperature",

@@ -120,7 +120,8 @@ def test_quick_fills_only_what_the_command_line_left_out(bench, tmp_path):
     args = bench.parse_args(["--out", str(tmp_path), "--quick", "--max-new-tokens", "24"])
     assert (args.num_prompts, args.samples_per_prompt, args.max_new_tokens, args.eval_limit) == (4, 4, 24, 4)
     full = bench.parse_args(["--out", str(tmp_path)])
-    assert (full.num_prompts, full.eval_limit, full.threads, full.temperature, full.rounds) == (64, None, 1, 0.8, 4)
+    assert (full.num_prompts, full.prompts_per_round, full.eval_limit, full.threads, full.temperature,
+            full.rounds) == (256, 64, None, 1, 0.7, 2)
     # With a budget and no --rounds, ours samples rounds until the budget stops it.
     assert bench.parse_args(["--out", str(tmp_path), "--cpu-budget-s", "60"]).rounds == bench.UNTIL_BUDGET_ROUNDS
     assert bench.parse_args(["--out", str(tmp_path), "--cpu-budget-s", "60", "--rounds", "2"]).rounds == 2
@@ -133,11 +134,12 @@ def test_our_command_and_trls_config_share_the_settings(bench, tmp_path):
     assert command[1:3] == ["-m", "cookbook.recipes.preference.on_policy"]
     assert {"prompts=ifeval_synthetic", "prompts.num_prompts=4", "reward=ifeval", "samples_per_prompt=4",
             "batch_size=4", "micro_batch_size=2", "learning_rate=2e-06", "dpo_beta=0.2", "max_new_tokens=16", "lr_schedule=constant",
-            "temperature=0.8", "eval_ifeval=false", "behavior_if_log_dir_exists=delete"} <= set(command)
+            "temperature=0.7", "prompts_per_round=4", "eval_ifeval=false",
+            "behavior_if_log_dir_exists=delete"} <= set(command)
     assert command[-1] == "seed=3"
     config = bench.trl_config_kwargs(args, "unused")
     assert (config["per_device_train_batch_size"] * config["gradient_accumulation_steps"], config["learning_rate"],
-            config["beta"], config["max_new_tokens"], config["temperature"]) == (4, 2e-6, [0.2], 16, 0.8)
+            config["beta"], config["max_new_tokens"], config["temperature"]) == (4, 2e-6, [0.2], 16, 0.7)
     assert config["gradient_checkpointing"] is False and config["bf16"] is True
     with pytest.raises(SystemExit, match="not a multiple"):
         bench.trl_config_kwargs(bench.parse_args(["--out", str(tmp_path), "--batch-size", "6",
@@ -149,3 +151,37 @@ def test_sampler_benchmark_gets_this_runs_sampling_settings(bench, tmp_path):
     assert bench.sampler_argv(args) == ["--threads", "2", "--temperatures", "0.7", "--max-new-tokens", "16", "--quick"]
     args = bench.parse_args(["--out", str(tmp_path), "--sampler-args", "--batch-sizes 8 --precisions bf16"])
     assert bench.sampler_argv(args) == ["--batch-sizes", "8", "--precisions", "bf16"]
+
+
+def test_jobs_run_together_only_with_a_budget(bench, tmp_path):
+    """--jobs 2 trains both sides at once, which is fair only when each has its own budget: without
+    one, TRL's budget is what ours spent, so it must start after ours."""
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--out", str(tmp_path), "--jobs", "2"])
+    assert bench.parse_args(["--out", str(tmp_path), "--jobs", "2", "--cpu-budget-s", "60"]).jobs == 2
+
+
+def test_one_job_at_a_time_lets_a_job_read_the_previous_result(bench):
+    """In order, each job starting after the one before it was taken (TRL's budget reads ours)."""
+    seen: dict[str, int] = {}
+    jobs = {"ours": lambda: 7, "trl": lambda: seen["ours"] * 2}
+    for name, result in bench.run_jobs(jobs, 1):
+        seen[name] = result
+    assert seen == {"ours": 7, "trl": 14}
+
+
+def test_jobs_at_once_overlap_and_keep_their_order(bench):
+    """Two at a time: the second job must be running while the first waits for it."""
+    import threading
+
+    second_started = threading.Event()
+
+    def first() -> str:
+        assert second_started.wait(timeout=10), "the second job did not start while the first ran"
+        return "first"
+
+    def second() -> str:
+        second_started.set()
+        return "second"
+
+    assert list(bench.run_jobs({"a": first, "b": second}, 2)) == [("a", "first"), ("b", "second")]
