@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -172,8 +173,6 @@ def test_one_job_at_a_time_lets_a_job_read_the_previous_result(bench):
 
 def test_jobs_at_once_overlap_and_keep_their_order(bench):
     """Two at a time: the second job must be running while the first waits for it."""
-    import threading
-
     second_started = threading.Event()
 
     def first() -> str:
