@@ -5,12 +5,13 @@ promise, and the model comes back in the mode it was handed over."""
 from __future__ import annotations
 
 import contextlib
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from cookbook.models import make_tiny_model
-from cookbook.sampling import SamplingSettings, sample
+from cookbook.sampling import SamplingSettings, padding_token_id, sample
 from cookbook.sampling.decode import left_pad
 from cookbook.sampling.token_choice import draw, filter_top_k, filter_top_p, sampling_probs
 
@@ -224,3 +225,9 @@ def test_bad_arguments_are_named(model, tokenizer):
     with pytest.raises(ValueError, match="at least one token"):
         sample(model, [[1], []], SamplingSettings(4), [], tokenizer.pad_token_id)
     assert sample(model, [], SamplingSettings(4), [], tokenizer.pad_token_id) == []
+
+
+def test_padding_token_is_the_tokenizers_even_when_it_is_0_else_the_first_stop_token():
+    assert padding_token_id(SimpleNamespace(pad_token_id=0), [2, 5]) == 0
+    assert padding_token_id(SimpleNamespace(pad_token_id=None), [2, 5]) == 2
+    assert padding_token_id(SimpleNamespace(pad_token_id=None), []) == 0

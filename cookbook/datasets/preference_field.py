@@ -8,7 +8,6 @@ generated subclass with that field's default replaced: `subclass_with_preference
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TypeVar
 
 import chz
@@ -19,17 +18,10 @@ from cookbook.datasets.registry import DatasetMetaFactory
 BaseT = TypeVar("BaseT", bound=type)
 
 
-class _PreferenceMetaFactory(DatasetMetaFactory):
-    """The preference meta-factory with any `dataset=` form (a file path too) as its default."""
-
-    def unspecified_factory(self) -> Callable[..., DPODatasetBuilder]:
-        return self.from_string(self.default)
-
-
 def subclass_with_preference_field(base: BaseT, field_name: str, spec: str, doc: str) -> BaseT:
     """A chz subclass `<base>[<spec>]` of `base` whose `DPODatasetBuilder` field `field_name` defaults to
     the preference builder `spec` (any `dataset=` form). Raises MetaFromString on an unknown name."""
-    meta_factory = _PreferenceMetaFactory(spec)
+    meta_factory = DatasetMetaFactory(spec)
     name = f"{base.__name__}[{spec}]"
     namespace = {
         "__module__": base.__module__,

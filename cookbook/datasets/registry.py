@@ -13,7 +13,7 @@ without `dataset=` (e.g. only `dataset.max_pairs=500`) applies to the default bu
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from chz.factories import MetaFromString
 
@@ -77,11 +77,6 @@ class DatasetMetaFactory(NamedBuilderMetaFactory):
     default_spec = DEFAULT_DATASET
     forms = "a registered name or module:Class"
     resolve = staticmethod(_factory_for)
-
-    def unspecified_factory(self) -> Callable[..., Any]:
-        # Used when only sub-fields are given (`dataset.test_size=5`): they configure the default, which
-        # here is a registered name or module:Class (a preference field's meta-factory takes any form).
-        return _resolve(self.default)
 
 
 def dataset_meta_factory(default: str = DEFAULT_DATASET) -> DatasetMetaFactory:

@@ -37,6 +37,7 @@ from inspect_ai.tool import ToolChoice, ToolInfo
 
 from cookbook.eval.batching import RequestBatcher
 from cookbook.eval.generation import SamplingSettings, generate_batch, score_sequences
+from cookbook.sampling import padding_token_id
 
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_MAX_TOKENS = 512
@@ -100,9 +101,7 @@ class CookbookModelAPI(ModelAPI):
         # them as strings too would only slow generation down.
         special = set(self.tokenizer.all_special_tokens)
         self.stop_strings = [s for s in self.renderer.get_stop_sequences() if s not in special]
-        self.pad_token_id = self.tokenizer.pad_token_id
-        if self.pad_token_id is None:
-            self.pad_token_id = self.stop_token_ids[0] if self.stop_token_ids else 0
+        self.pad_token_id = padding_token_id(self.tokenizer, self.stop_token_ids)
         if config.seed is not None:
             torch.manual_seed(config.seed)
         if num_threads:

@@ -18,7 +18,7 @@ import torch
 from cookbook.on_policy.pairs import select_pair
 from cookbook.on_policy.prompt import PromptItem
 from cookbook.on_policy.round_files import PromptRecord, Reply
-from cookbook.sampling import SamplingSettings, sample
+from cookbook.sampling import SamplingSettings, padding_token_id, sample
 from cookbook.training import distributed as dist_utils
 
 
@@ -48,10 +48,11 @@ def collect_round(causal_lm, prompts: list[PromptItem], prompt_tokens: list[list
     repeat = how.samples_per_prompt
     generator = torch.Generator().manual_seed(how.seed * 1_000_003 + round_index * 1_009 + info.rank)
     filler = lockstep_filler(len(prompts), len(mine), info, lockstep)
+    stop_token_ids = list(renderer.get_stop_token_ids())
     started = time.perf_counter()
     completions = sample(
         causal_lm, [prompt_tokens[i] for i in mine + [0] * filler for _ in range(repeat)], how.settings,
-        stop_token_ids=list(renderer.get_stop_token_ids()), pad_token_id=pad_id(renderer),
+        stop_token_ids=stop_token_ids, pad_token_id=padding_token_id(renderer.tokenizer, stop_token_ids),
         batch_size=how.batch_size, generator=generator, compute_context=compute_context, lockstep=lockstep,
     )
     seconds = time.perf_counter() - started
@@ -80,10 +81,3 @@ def lockstep_filler(total: int, mine: int, info: dist_utils.DistInfo, lockstep) 
     every rank runs as many forwards; their results are dropped. 0 without lockstep."""
     return (-(-total // info.world_size) - mine) if lockstep is not None else 0
 
-
-def pad_id(renderer) -> int:
-    """The padding token for sampling: the tokenizer's, else the renderer's first stop token."""
-    tokenizer = renderer.tokenizer
-    if tokenizer.pad_token_id is not None:
-        return tokenizer.pad_token_id
-    return renderer.get_stop_token_ids()[0]

@@ -12,8 +12,8 @@ import contextlib
 from collections.abc import Callable
 
 from cookbook.eval.ifeval import load_ifeval_rows, pooled_accuracy, score_response
-from cookbook.on_policy.collect import lockstep_filler, pad_id
-from cookbook.sampling import SamplingSettings, sample
+from cookbook.on_policy.collect import lockstep_filler
+from cookbook.sampling import SamplingSettings, padding_token_id, sample
 from cookbook.training import distributed as dist_utils
 
 EVAL_MAX_NEW_TOKENS = 512  # run_inspect_evals' default max_tokens
@@ -27,9 +27,9 @@ def ifeval_metrics(causal_lm, renderer, rows: list[dict], info: dist_utils.DistI
     filler = lockstep_filler(len(rows), len(mine), info, lockstep)
     prompts = [renderer.build_generation_prompt([{"role": "user", "content": row["prompt"]}])
                for row in mine + rows[:filler]]
+    stop_token_ids = list(renderer.get_stop_token_ids())
     completions = sample(causal_lm, prompts, SamplingSettings(max_new_tokens=max_new_tokens),
-                         stop_token_ids=list(renderer.get_stop_token_ids()),
-                         pad_token_id=pad_id(renderer),
+                         stop_token_ids=stop_token_ids, pad_token_id=padding_token_id(renderer.tokenizer, stop_token_ids),
                          batch_size=batch_size, compute_context=compute_context, lockstep=lockstep)
     verdicts = [score_response(str(renderer.parse_response(c.tokens).message["content"]), row)
                 for c, row in zip(completions, mine)]

@@ -10,6 +10,6 @@ inspect-ai eval provider (`cookbook/eval/generation.py`) and on-policy preferenc
 - `stops.py`: stop tokens, stop strings and the token budget.
 """
 
-from cookbook.sampling.sampler import Completion, SamplingSettings, sample
+from cookbook.sampling.sampler import Completion, SamplingSettings, padding_token_id, sample
 
-__all__ = ["Completion", "SamplingSettings", "sample"]
+__all__ = ["Completion", "SamplingSettings", "padding_token_id", "sample"]

@@ -75,6 +75,14 @@ def generation_mode(model) -> Iterator[None]:
         config.use_cache = use_cache
 
 
+def padding_token_id(tokenizer, stop_token_ids: Sequence[int]) -> int:
+    """The token that pads prompts for sampling: the tokenizer's pad token, else the first stop token,
+    else 0 (padding is masked out, so any id works; a real one keeps the embedding lookup in range)."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    return stop_token_ids[0] if stop_token_ids else 0
+
+
 def row_uniforms(count: int, draws_per_row: int, generator: torch.Generator | None) -> torch.Tensor:
     """[count, draws_per_row] uniforms in [0, 1); row i comes from a stream seeded by the i-th seed
     drawn from `generator` (torch's default generator when None)."""
