@@ -206,7 +206,7 @@ def resolve_device(args):
 
 def resolve_layout(layout: str, args, device) -> str:
     """`auto` becomes what the trainer's layout=auto picks for the attention it loads the model with."""
-    from cookbook.preference.collate import choose_layout
+    from cookbook.preference.batching import choose_layout
 
     if layout != "auto":
         return layout
@@ -239,10 +239,10 @@ def run_ours(args, layout: str, reference_mode: str, precision: str) -> RunResul
     import torch
 
     from cookbook.models import load_tokenizer
-    from cookbook.preference.logprobs import SequenceLogprobModel
-    from cookbook.preference.packing import collate_pairs
+    from cookbook.preference.batching import collate_pairs
     from cookbook.preference.step import LossSettings, preference_forward, reference_pair_logps
     from cookbook.training.distributed import DistInfo
+    from cookbook.training.logprobs import SequenceLogprobModel
     from cookbook.training.precision import plan_for
     from cookbook.training.step_runner import make_optimizer
 

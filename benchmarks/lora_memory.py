@@ -97,14 +97,15 @@ def run_one(args) -> dict:
     """One configuration, in this process: returns its measurements."""
     import torch
 
-    from cookbook.datasets import DemoBuilder, load_preference_data
-    from cookbook.preference.collate import make_collate
-    from cookbook.preference.logprobs import SequenceLogprobModel
+    from cookbook.datasets.preference import DemoBuilder
+    from cookbook.datasets.tokenize import load_preference_data
+    from cookbook.preference.batching import make_collate
     from cookbook.preference.reference import TableReference, fill_reference_logps
     from cookbook.preference.step import LossSettings, preference_forward
     from cookbook.renderers import default_renderer_name, get_renderer
     from cookbook.training import lora
     from cookbook.training.distributed import DistInfo
+    from cookbook.training.logprobs import SequenceLogprobModel
     from cookbook.training.precision import plan_for
     from cookbook.training.step_runner import make_optimizer
 

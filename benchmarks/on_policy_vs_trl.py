@@ -316,9 +316,9 @@ def load_prompt_rows(num_prompts: int, seed: int, stand_in: bool) -> list[dict[s
         rows, _ = load_ifeval_rows("bundled")
         return [{"key": str(r["key"]), "messages": [{"role": "user", "content": r["prompt"]}], "ifeval": r}
                 for r in rows[:num_prompts]]
-    from cookbook.on_policy.prompt_registry import resolve_prompt_source
+    from cookbook.on_policy.prompts import PROMPT_SOURCES
 
-    items = resolve_prompt_source("ifeval_synthetic")(num_prompts=num_prompts, seed=seed)()
+    items = PROMPT_SOURCES.resolve("ifeval_synthetic")(num_prompts=num_prompts, seed=seed)()
     return [{"key": str(item.key), "messages": list(item.messages), "ifeval": dict(item.ifeval)} for item in items]
 
 
@@ -452,7 +452,7 @@ def run_trl(args, budget: float | None) -> dict[str, Any]:
 
 def evaluate(args, label: str, model_path: str) -> dict[str, Any]:
     log_dir = args.out / "eval" / label
-    options = {"model_path": model_path, "tasks": "cookbook/ifeval", "temperature": 0,
+    options = {"model_path": model_path, "tasks": "cookbook/ifeval", "ifeval_source": "bundled", "temperature": 0,
                "max_tokens": args.eval_max_tokens, "limit": args.eval_limit, "log_dir": log_dir,
                "batch_size": args.eval_batch_size,
                "num_threads": args.threads, "display": "plain"}

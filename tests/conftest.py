@@ -4,8 +4,9 @@ import os
 
 import pytest
 import torch
+from helpers import save_tiny_model
 
-from cookbook.models import load_tokenizer, make_tiny_model, save_tiny_model
+from cookbook.models import load_tokenizer, make_tiny_model
 
 
 def pytest_collection_modifyitems(config, items):

@@ -6,13 +6,14 @@ import sys
 
 import torch
 
-from cookbook.datasets import DemoBuilder, load_preference_data
+from cookbook.datasets.preference import DemoBuilder
+from cookbook.datasets.tokenize import load_preference_data
 from cookbook.models import load_model_and_tokenizer
 from cookbook.preference.batching import collate_padded
-from cookbook.preference.logprobs import SequenceLogprobModel
 from cookbook.preference.step import LossSettings, preference_forward
 from cookbook.renderers import get_renderer
 from cookbook.training import distributed as dist_utils
+from cookbook.training.logprobs import SequenceLogprobModel
 
 
 def checksum(tensors) -> float:

@@ -3,7 +3,7 @@
 Each must end in exit status 2 and one `error: ...` line on stderr (no traceback) that names the
 field, file or line at fault, and leave nothing behind but files a run of ours writes: inputs are
 untouched, nothing appears outside log_path, and log_path holds no lock, staging directory or
-foreign file. The README's troubleshooting table lists the same cases.
+foreign file. The table in docs/troubleshooting.md lists the same cases.
 """
 
 import gzip
@@ -20,11 +20,11 @@ import pytest
 import torch
 
 from cookbook.cli import run_cli
-from cookbook.preference.train_dpo import Config, config_as_dict, main
+from cookbook.preference.train_dpo import Config, main
 from cookbook.training import loop
 from cookbook.training.checkpoint import STAGING_NAME
-from cookbook.training.log_dir import is_run_file
-from cookbook.training.run_lock import LOCK_NAME
+from cookbook.training.config import config_as_dict
+from cookbook.training.log_dir import LOCK_NAME, is_run_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -210,7 +210,7 @@ def test_there_are_at_least_thirty_cases():
 
 
 def test_a_utf8_bom_is_accepted(tmp_path):
-    from cookbook.datasets import FileBuilder
+    from cookbook.datasets.preference import FileBuilder
 
     for name, text in (("prefs.jsonl", lines(pairs(6))), ("prefs.json", "[" + ",".join(pairs(6)) + "]")):
         path = write(tmp_path / name, b"\xef\xbb\xbf" + text.encode())
@@ -232,7 +232,7 @@ def test_the_training_command_as_a_program(tmp_path):
 
 def test_a_second_run_in_a_live_log_path_fails_naming_the_holder(tmp_path, tiny_model_dir, capsys, no_model_load):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from cookbook.training.run_lock import RunLock; "
+        [sys.executable, "-c", "import sys; from cookbook.training.log_dir import RunLock; "
          "RunLock(sys.argv[1]).acquire(); print('locked', flush=True); sys.stdin.readline()", str(tmp_path / "run")],
         cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     (tmp_path / "run").mkdir()

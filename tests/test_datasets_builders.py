@@ -7,18 +7,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cookbook.datasets import (
-    Comparison,
+from cookbook.datasets.builder import MalformedRowError
+from cookbook.datasets.hub import (
     DatasetUnavailableError,
-    DemoBuilder,
-    FileBuilder,
     HelpSteer3Builder,
     HHHBuilder,
-    MalformedRowError,
-    NoUsablePairsError,
     UltraFeedbackBuilder,
     parse_transcript,
 )
+from cookbook.datasets.preference import Comparison, DemoBuilder, FileBuilder, NoUsablePairsError
 
 
 def write_jsonl(path, rows):

@@ -8,19 +8,11 @@ from pathlib import Path
 import chz
 import pytest
 
-import cookbook.datasets as datasets_package
-from cookbook.datasets import (
-    DemoBuilder,
-    DPODatasetBuilder,
-    FileBuilder,
-    HelpSteer3Builder,
-    HHHBuilder,
-    dataset_meta_factory,
-    registered_builders,
-    resolve_builder,
-)
+from cookbook.datasets.builder import SKIP_REASONS
+from cookbook.datasets.hub import HelpSteer3Builder, HHHBuilder
+from cookbook.datasets.preference import PREFERENCE_DATASETS, DemoBuilder, DPODatasetBuilder, FileBuilder
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "data.md"
 
 
 @chz.chz
@@ -28,7 +20,7 @@ class TrainConfig:
     """A stand-in for a trainer config with the dataset field declared as the recipes declare it."""
 
     dataset: DPODatasetBuilder = chz.field(
-        default_factory=DemoBuilder, meta_factory=dataset_meta_factory(), doc="preference data set"
+        default_factory=DemoBuilder, meta_factory=PREFERENCE_DATASETS.meta_factory(), doc="preference data set"
     )
     max_length: int = 128
 
@@ -49,7 +41,7 @@ def test_registered_names_pick_builders_and_take_their_fields():
     assert config.dataset == HelpSteer3Builder(domain="general,stem", max_pairs=10)
     config = parse(["dataset=file", "dataset.path=prefs.jsonl", "dataset.skip_malformed=true"])
     assert config.dataset == FileBuilder(path="prefs.jsonl", skip_malformed=True)
-    assert set(registered_builders()) == {"demo", "file", "helpsteer3", "hhh", "ultrafeedback"}
+    assert set(PREFERENCE_DATASETS.names()) == {"demo", "file", "helpsteer3", "hhh", "ultrafeedback"}
 
 
 def test_unknown_name_lists_the_registered_ones():
@@ -59,7 +51,7 @@ def test_unknown_name_lists_the_registered_ones():
     ):
         chz.Blueprint(TrainConfig).make_from_argv(["dataset=hh"])
     with pytest.raises(ValueError, match="Unknown dataset 'hh'"):
-        resolve_builder("hh")
+        PREFERENCE_DATASETS.resolve("hh")
 
 
 def test_module_class_path_imports_a_user_subclass(tmp_path, monkeypatch):
@@ -127,7 +119,7 @@ def test_readme_custom_builder_example_runs_as_documented(tmp_path, monkeypatch)
 
 def test_readme_names_every_registered_dataset_and_skip_reason():
     text = README.read_text(encoding="utf-8")
-    for name in registered_builders():
+    for name in PREFERENCE_DATASETS.names():
         assert f"`{name}`" in text
-    for reason in datasets_package.SKIP_REASONS:
+    for reason in SKIP_REASONS:
         assert f"`{reason}`" in text

@@ -8,18 +8,14 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from cookbook.datasets import (
+from cookbook.datasets.builder import SKIP_REASONS, Skip
+from cookbook.datasets.preference import DEMO_FILES, Comparison, DemoBuilder, FileBuilder
+from cookbook.datasets.tokenize import (
     MIN_COMPLETION_TOKENS,
-    SKIP_REASONS,
-    Comparison,
-    DemoBuilder,
-    FileBuilder,
-    Skip,
     TokenizedPair,
     load_preference_data,
     tokenize_comparison,
 )
-from cookbook.datasets.demo import DEMO_FILES
 from cookbook.renderers import get_renderer
 
 REPO = Path(__file__).resolve().parent.parent

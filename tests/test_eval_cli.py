@@ -3,6 +3,7 @@ a non-zero exit when a task ends in error."""
 
 import json
 
+import chz
 import pytest
 from rich.console import Console
 
@@ -36,7 +37,7 @@ def test_inspect_evals_ifeval_maps_to_ours(capsys):
 
 
 def test_checkpoint_renderer_and_default_log_dir(tmp_path, tiny_model_dir):
-    from cookbook.eval.loading import resolve_model_spec
+    from cookbook.eval.provider import resolve_model_spec
 
     checkpoint = tmp_path / "ckpt"
     checkpoint.mkdir()
@@ -117,3 +118,18 @@ def test_entry_point_registers_the_model_api():
     entry.load()
     assert registry_lookup("modelapi", "cookbook") is not None or registry_lookup("modelapi", "cookbook/cookbook")
     assert registry_lookup("task", "cookbook/ifeval") is not None
+
+
+def test_ifeval_source_reaches_the_task(tiny_model_dir, tmp_path):
+    """`ifeval_source=bundled` pins the prompts a figure was measured on, whatever the network."""
+    from inspect_ai.log import read_eval_log
+
+    status = cli([f"model_path={tiny_model_dir}", "renderer_name=chatml", "tasks=cookbook/ifeval", "ifeval_source=bundled",
+                  "limit=1", "max_tokens=2", "batch_size=1", "display=none", f"log_dir={tmp_path}"])
+    assert status == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["run"]["ifeval_source"] == "bundled"
+    log = read_eval_log(summary["results"]["model"][0]["log_file"])
+    assert log.eval.dataset.name == "ifeval (bundled)"
+    with pytest.raises(chz.blueprint.InvalidBlueprintArg, match="ifeval_source"):
+        cli([f"model_path={tiny_model_dir}", "ifeval_source=nope"])

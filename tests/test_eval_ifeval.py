@@ -4,8 +4,15 @@ import json
 
 import pytest
 
-from cookbook.eval.ifeval import BUNDLED_IFEVAL, _pooled, instruction_registry, read_jsonl, score_response
-from cookbook.eval.nltk_data import PUNKT_TAB_FILES, ensure_punkt_tab
+from cookbook.eval.ifeval import (
+    BUNDLED_IFEVAL,
+    PUNKT_TAB_FILES,
+    _pooled,
+    ensure_punkt_tab,
+    instruction_registry,
+    read_jsonl,
+    score_response,
+)
 
 
 def _row(ids, kwargs, prompt="Write something."):

@@ -10,8 +10,8 @@ import cookbook.eval.provider as provider
 from cookbook.eval.ifeval import ifeval
 from cookbook.eval.preference import pair_score, preference_task
 from cookbook.eval.summary import task_result
-from cookbook.preference.logprobs import pad_batch, sequence_logprobs
 from cookbook.renderers import get_renderer
+from cookbook.training.logprobs import pad_batch, sequence_logprobs
 
 
 class EchoAPI(ModelAPI):
@@ -89,7 +89,8 @@ def test_real_provider_batches_renders_and_counts_tokens(tiny_cookbook_model, tm
 
 def test_greedy_batched_generation_matches_one_at_a_time(tiny_cookbook_model):
     """Left padding must not change a greedy reply: batch of two == each alone."""
-    from cookbook.eval.generation import SamplingSettings, generate_batch
+    from cookbook.eval.provider import generate_batch
+    from cookbook.sampling import SamplingSettings
 
     api = tiny_cookbook_model.api
     prompts = [api.renderer.build_generation_prompt([{"role": "user", "content": text}])
@@ -102,7 +103,7 @@ def test_greedy_batched_generation_matches_one_at_a_time(tiny_cookbook_model):
 
 
 def _comparison(prompt, chosen, rejected):
-    from cookbook.datasets.comparison import Comparison
+    from cookbook.datasets.preference import Comparison
 
     return Comparison(
         prompt=[{"role": "user", "content": prompt}],

@@ -8,7 +8,10 @@ way pip lays it out. inspect finds it through the same entry point and registry 
 
 import importlib
 import json
+import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -122,3 +125,32 @@ def test_an_installed_task_runs_end_to_end(installed_inspect_evals, tiny_model_d
     summary = json.loads((tmp_path / "logs" / "summary.json").read_text())
     [result] = summary["results"]["model"]
     assert result["task"] == "inspect_evals/gsm8k" and result["status"] == "success" and result["samples"] == 1
+
+
+def test_a_stale_egg_info_in_the_working_directory_is_named(tmp_path):
+    """inspect names our tasks after the package metadata it finds first; a leftover cookbook.egg-info
+    in the current directory hides the installed one, and the eval CLI says so (naming the folder)."""
+    stale = tmp_path / "cookbook.egg-info"
+    stale.mkdir()
+    (stale / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: cookbook\nVersion: 0.0.0\n")
+    (stale / "SOURCES.txt").write_text("cookbook/__init__.py\n")
+    code = "from cookbook.eval.tasks import registration_problem; print(registration_problem())"
+    shadowed = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert "does not know the cookbook tasks" in shadowed.stdout and str(stale) in shadowed.stdout
+    clean = subprocess.run([sys.executable, "-c", code], cwd=tmp_path.parent, capture_output=True, text=True, check=True)
+    assert clean.stdout.strip() == "None"
+
+
+def test_building_the_package_writes_no_metadata_beside_the_sources(tmp_path):
+    """The build backend puts cookbook.egg-info under build/, so no install leaves one in the repo root
+    (pip's editable install asks the backend for its requirements and metadata, as here; plain
+    setuptools writes cookbook.egg-info beside pyproject.toml for that)."""
+    repo = Path(__file__).resolve().parents[1]
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy, ignore=shutil.ignore_patterns(".venv*", "build", "runs", "*.egg-info", ".git"))
+    code = ("import sys; sys.path.insert(0, 'scripts'); import build_backend as backend; "
+            "backend.get_requires_for_build_editable(); print(backend.prepare_metadata_for_build_editable('out'))")
+    (copy / "out").mkdir()
+    subprocess.run([sys.executable, "-c", code], cwd=copy, capture_output=True, text=True, check=True)
+    assert list((copy / "out").glob("cookbook-*.dist-info"))
+    assert not list(copy.glob("*.egg-info")) and list((copy / "build").glob("*.egg-info"))

@@ -11,11 +11,14 @@ MODULES = sorted(m.name for m in pkgutil.walk_packages(cookbook.__path__, prefix
 
 
 def test_the_package_has_the_expected_areas():
-    for area in ("cookbook.models", "cookbook.renderers", "cookbook.datasets", "cookbook.preference.train_dpo",
+    for area in ("cookbook.models", "cookbook.renderers", "cookbook.datasets", "cookbook.preference.train_dpo", "cookbook.supervised.train_sft",
+                 "cookbook.on_policy.train_on_policy", "cookbook.registry",
                  "cookbook.eval.run_inspect_evals", "cookbook.recipes.preference.train", "cookbook.training.distributed"):
         assert area in MODULES
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_module_imports(name):
-    importlib.import_module(name)
+    module = importlib.import_module(name)
+    for exported in getattr(module, "__all__", ()):
+        assert hasattr(module, exported), f"{name}.__all__ names {exported!r}, which it does not define"

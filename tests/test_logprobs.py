@@ -1,11 +1,11 @@
 """The chunked log-prob path equals the textbook full-logits path, values and gradients."""
 
 import torch
+from helpers import naive_sequence_logprobs
 from torch.testing import assert_close
 
-from cookbook.preference.logprobs import (
+from cookbook.training.logprobs import (
     chunked_token_logprobs,
-    naive_sequence_logprobs,
     naive_token_logprobs,
     pad_batch,
     sequence_logprobs,

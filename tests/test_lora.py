@@ -9,17 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import save_tiny_model
 from safetensors.torch import load_file
 
 from cookbook.errors import RunStopped
-from cookbook.models import load_model_and_tokenizer, make_tiny_model, save_tiny_model
-from cookbook.preference.logprobs import pad_batch, sequence_logprobs
+from cookbook.models import load_model_and_tokenizer, make_tiny_model
 from cookbook.recipes.preference.train import cli
 from cookbook.renderers import get_renderer
 from cookbook.training import checkpoint as ckpt
 from cookbook.training import loop as loop_module
 from cookbook.training import lora
 from cookbook.training import metrics as metrics_module
+from cookbook.training.logprobs import pad_batch, sequence_logprobs
 from cookbook.training.metrics import read_metrics
 from cookbook.training.resume_config import ResumeConfigError, check_resume_config
 

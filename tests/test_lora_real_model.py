@@ -3,7 +3,7 @@
 linear layer of the decoder (4.9M of 139M parameters train) for the full fine-tuning test's 4 steps
 of 8 pairs (`test_train_real_model.py`, lr 2e-5). Held-out accuracy after 4 steps, measured: lr 1e-4
 0.78 (fp32) / 0.88 (bf16-mixed), 2e-4 0.75 / 0.81, 3e-4 0.72 (fp32), 5e-4 0.75 (bf16-mixed); 1e-4,
-5x full fine-tuning's, leaves the most room above 0.7 in both precisions (README, "LoRA")."""
+5x full fine-tuning's, leaves the most room above 0.7 in both precisions (docs/training.md, "LoRA")."""
 
 import pytest
 

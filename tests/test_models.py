@@ -42,6 +42,21 @@ def test_hub_id_with_unreachable_hub_fails_fast(monkeypatch):
     assert time.perf_counter() - start < 10
 
 
+def test_a_broken_cache_entry_is_named_not_taken_for_a_missing_one(tmp_path, monkeypatch):
+    """Only "not cached" falls through to the hub advice; a cache entry that cannot be read says so."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # read when called
+    (tmp_path / "models--org--name" / "refs" / "main").mkdir(parents=True)  # refs/main must be a file
+    with pytest.raises(models.ModelNotFoundError, match=r"reading the local Hugging Face cache failed \(IsADirectoryError"):
+        models.resolve_model_path("org/name")
+    with pytest.raises(models.ModelNotFoundError, match="not in the local Hugging Face cache"):
+        models.resolve_model_path("org/other")
+    with pytest.raises(models.ModelNotFoundError, match=r"'bad id!!' is neither a local directory nor a valid hub id"):
+        models.resolve_model_path("bad id!!")
+
+
 def test_local_paths(tmp_path, tiny_model_dir):
     assert models.resolve_model_path(tiny_model_dir) == tiny_model_dir
     with pytest.raises(models.ModelNotFoundError, match="holds no config.json"):

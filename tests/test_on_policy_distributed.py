@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from test_distributed import torchrun
 from test_on_policy_recipe import PROMPTS, args, train_records
 
-from cookbook.on_policy.round_files import read_round
+from cookbook.on_policy.rounds import read_round
 from cookbook.recipes.preference.on_policy import cli
 from cookbook.training.metrics import read_metrics
 

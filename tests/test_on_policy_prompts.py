@@ -15,24 +15,20 @@ import pytest
 from cookbook.cli import run_cli
 from cookbook.datasets.files import DataFileNotFoundError
 from cookbook.errors import UserError
-from cookbook.eval.ifeval import BUNDLED_IFEVAL, instruction_registry, score_response
-from cookbook.on_policy.ifeval_fields import ifeval_row
+from cookbook.eval.ifeval import BUNDLED_IFEVAL, ifeval_row, instruction_registry, score_response
 from cookbook.on_policy.ifeval_instructions import PHRASINGS, WORDS, conflict_table
+from cookbook.on_policy.ifeval_synthetic import QUESTIONS, TASKS, IFEvalSyntheticPrompts, synthetic_prompts
 from cookbook.on_policy.prompts import (
+    PROMPT_SOURCES,
     FilePrompts,
-    IFEvalSyntheticPrompts,
     NoPromptsError,
     PreferencePrompts,
     PromptError,
     PromptFileError,
     PromptItem,
     PromptSource,
-    prompt_meta_factory,
-    registered_prompt_sources,
-    synthetic_prompts,
 )
 from cookbook.on_policy.rewards import IFEvalReward
-from cookbook.on_policy.synthetic_topics import QUESTIONS, TASKS
 
 
 @chz.chz
@@ -40,7 +36,7 @@ class PromptConfig:
     """A stand-in for the recipe's config with the prompts field declared as the recipe declares it."""
 
     prompts: PromptSource = chz.field(
-        default_factory=IFEvalSyntheticPrompts, meta_factory=prompt_meta_factory(), doc="prompts to sample on"
+        default_factory=IFEvalSyntheticPrompts, meta_factory=PROMPT_SOURCES.meta_factory(), doc="prompts to sample on"
     )
 
 
@@ -313,7 +309,7 @@ def test_cli_forms_of_prompts(tmp_path):
     assert parse(["prompts=p.jsonl", "prompts.max_prompts=3"]).prompts == FilePrompts(path="p.jsonl", max_prompts=3)
     config = parse(["prompts=prompts:demo", "prompts.dataset.test_size=5", "prompts.split=test"])
     assert config.prompts.dataset.test_size == 5 and config.prompts.split == "test"
-    assert set(registered_prompt_sources()) == {"file", "ifeval_synthetic", "preference"}
+    assert set(PROMPT_SOURCES.names()) == {"file", "ifeval_synthetic", "preference"}
 
 
 def test_cli_unknown_and_invalid_prompts():

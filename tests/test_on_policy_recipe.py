@@ -14,7 +14,7 @@ import pytest
 from safetensors.torch import load_file
 
 from cookbook.cli import run_cli
-from cookbook.on_policy.round_files import read_round
+from cookbook.on_policy.rounds import read_round
 from cookbook.on_policy.train_on_policy import main
 from cookbook.recipes.preference.on_policy import cli
 from cookbook.training.metrics import read_metrics
@@ -113,7 +113,7 @@ def test_a_round_without_pairs_stops_with_one_message_and_its_samples_saved(tmp_
 DRIVER = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {tests!r})
-    from cookbook.on_policy import collect, rounds
+    from cookbook.on_policy import rounds
     from cookbook.cli import run_cli
     from cookbook.on_policy.train_on_policy import main
 
@@ -131,8 +131,8 @@ DRIVER = textwrap.dedent("""
     if where == "sampling":  # the second round's sampling, after round 0 trained and saved
         rounds.collect_round = killing(rounds.collect_round)
     else:  # the forward of round 1's second step
-        from cookbook.on_policy import task
-        task.OnPolicyTask.forward = killing(task.OnPolicyTask.forward)
+        from cookbook.on_policy import train_on_policy
+        train_on_policy.OnPolicyTask.forward = killing(train_on_policy.OnPolicyTask.forward)
     sys.exit(run_cli(main, sys.argv[1:]))
 """)
 

@@ -12,8 +12,8 @@ import torch
 from cookbook.errors import InvalidOptionError, UserError
 from cookbook.models import ModelNotFoundError
 from cookbook.on_policy.prompts import PromptItem
-from cookbook.on_policy.reward_model import render_for_reward
 from cookbook.on_policy.rewards import (
+    REWARDS,
     CheckedScorer,
     FunctionReward,
     IFEvalReward,
@@ -21,8 +21,7 @@ from cookbook.on_policy.rewards import (
     Reward,
     RewardError,
     RewardModel,
-    registered_rewards,
-    reward_meta_factory,
+    render_for_reward,
 )
 
 
@@ -30,7 +29,7 @@ from cookbook.on_policy.rewards import (
 class RewardConfig:
     """A stand-in for the recipe's config with the reward field declared as the recipe declares it."""
 
-    reward: Reward = chz.field(default_factory=IFEvalReward, meta_factory=reward_meta_factory(), doc="reward")
+    reward: Reward = chz.field(default_factory=IFEvalReward, meta_factory=REWARDS.meta_factory(), doc="reward")
 
 
 def parse(argv):
@@ -162,7 +161,7 @@ def test_cli_forms_of_reward(user_module):
     assert parse(["reward=reward_model", "reward.model_name=rm", "reward.batch_size=2"]).reward == RewardModel(
         model_name="rm", batch_size=2)
     assert parse(["reward=function", "reward.function=user_rewards:length"]).reward.name() == "user_rewards:length"
-    assert set(registered_rewards()) == {"function", "ifeval", "reward_model"}
+    assert set(REWARDS.names()) == {"function", "ifeval", "reward_model"}
     with pytest.raises(chz.blueprint.InvalidBlueprintArg, match="Registered rewards: function, ifeval, reward_model"):
         parse(["reward=rm"])
     with pytest.raises(chz.blueprint.InvalidBlueprintArg, match="NOT_CALLABLE is neither a subclass of "

@@ -4,17 +4,21 @@ import json
 
 import pytest
 
-from cookbook.on_policy.pairs import ChosenPair, select_pair
-from cookbook.on_policy.round_files import (
+from cookbook.on_policy.rounds import (
+    ROUND_STRIDE,
+    ChosenPair,
     PromptRecord,
     Reply,
     RoundData,
+    RoundSchedule,
     read_round,
+    round_batch,
     round_dir,
     round_metrics,
+    select_pair,
+    split_pair_id,
     write_round,
 )
-from cookbook.on_policy.schedule import ROUND_STRIDE, RoundSchedule, round_batch, split_pair_id
 
 
 def test_best_versus_worst_with_first_index_breaking_ties():

@@ -11,26 +11,26 @@ from dataclasses import replace
 
 import pytest
 import torch
+from helpers import pair_token_count
 
-from cookbook.datasets import TokenizedPair as Pair
-from cookbook.datasets import TokenizedSequence as Sequence
-from cookbook.preference import packing
-from cookbook.preference.batching import collate_padded
-from cookbook.preference.logprobs import SequenceLogprobModel
-from cookbook.preference.packing import (
-    NO_PREFIX,
+from cookbook.datasets.tokenize import TokenizedPair as Pair
+from cookbook.datasets.tokenize import TokenizedSequence as Sequence
+from cookbook.preference.batching import (
     SegmentedPairBatch,
-    attention_implementation,
     collate_packed,
+    collate_padded,
     collate_pairs,
     collate_prefix_shared,
-    length_grouped_order,
-    pack_rows,
-    pair_token_count,
+)
+from cookbook.preference.step import LossSettings, pair_logps, preference_forward
+from cookbook.training.attention import (
+    NO_PREFIX,
+    attention_implementation,
     segment_attention_mask,
     segment_block_mask,
 )
-from cookbook.preference.step import LossSettings, pair_logps, preference_forward
+from cookbook.training.logprobs import SequenceLogprobModel
+from cookbook.training.packing import length_grouped_order, pack_rows
 
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-4}  # float32; logps are sums over up to ~100 tokens
 
@@ -236,11 +236,6 @@ def test_pair_token_count_counts_the_prompt_once_when_shared():
     pair = make_pair(torch.Generator().manual_seed(6), prompt=10, chosen=4, rejected=6)
     assert pair_token_count(pair, "packed") == 30
     assert pair_token_count(pair, "prefix_shared") == 20
-
-
-def test_module_exports_resolve():
-    for name in packing.__all__:
-        assert hasattr(packing, name), name
 
 
 def test_flex_attention_on_cpu_matches_padded(tiny_model, mixed_pairs):

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from cookbook.plot import PLOT_NAME, draw_runs, load_run, main, plot_runs, write_run_plot
 from cookbook.training.metrics import MetricsFileError, read_metrics
+from cookbook.training.plot import PLOT_NAME, draw_runs, load_run, main, plot_runs, write_run_plot
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -144,7 +144,7 @@ def test_comparing_runs_labels_each_and_keeps_their_values_apart(tmp_path, capsy
 
 
 def test_runs_with_the_same_directory_name_are_told_apart(tmp_path):
-    from cookbook.plot import run_names
+    from cookbook.training.plot import run_names
 
     paths = [write_run(tmp_path / sweep / "run", dpo_records()) for sweep in ("sweep1", "sweep2")]
     assert run_names(paths) == [str(p) for p in paths]

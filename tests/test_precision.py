@@ -13,8 +13,12 @@ from cookbook.recipes.preference.train import cli
 from cookbook.training import loop as loop_module
 from cookbook.training import precision as precision_module
 from cookbook.training.metrics import read_metrics
-from cookbook.training.optim import CompensatedAdamW, stochastic_round_to_bf16
-from cookbook.training.precision import plan_for, resolve_precision
+from cookbook.training.precision import (
+    CompensatedAdamW,
+    plan_for,
+    resolve_precision,
+    stochastic_round_to_bf16,
+)
 
 FAST = ["dataset.max_pairs=48", "dataset.test_size=16", "max_length=128", "show_example=false"]
 

@@ -9,13 +9,15 @@ import pytest
 from rich.console import Console
 
 from cookbook.training.display import (
+    TrainingProgress,
+    format_duration,
     format_wall_time,
     make_console,
     next_eval_command,
     print_run_summary,
+    progress_line,
 )
 from cookbook.training.metrics import MetricLogger
-from cookbook.training.progress import TrainingProgress, format_duration, progress_line
 
 # Anything but a newline below 0x20, and DEL: what a log file should never hold.
 CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")

@@ -2,7 +2,7 @@
 
 import torch
 
-from cookbook.datasets import TokenizedPair, TokenizedSequence
+from cookbook.datasets.tokenize import TokenizedPair, TokenizedSequence
 from cookbook.models import make_tiny_model
 from cookbook.preference import reference as ref
 

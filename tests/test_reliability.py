@@ -17,16 +17,20 @@ import torch
 
 from cookbook.cli import run_cli
 from cookbook.errors import RunStopped, UserError
+from cookbook.models import METADATA_NAME
 from cookbook.training import checkpoint as ckpt
 from cookbook.training.log_dir import (
+    LOCK_NAME,
+    LockFileError,
     LogDirExistsError,
+    RunLock,
+    RunLockedError,
     decide_log_dir,
     delete_run_files,
     foreign_entries,
     holds_run,
 )
 from cookbook.training.resume_config import ResumeConfigError, check_resume_config
-from cookbook.training.run_lock import LOCK_NAME, LockFileError, RunLock, RunLockedError
 from cookbook.training.schedule import make_scheduler
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +43,7 @@ def _fake_checkpoint(log_path: Path, name: str, step: int, resumable: bool) -> P
     directory = log_path / name
     directory.mkdir(parents=True)
     (directory / "config.json").write_text("{}")
-    (directory / ckpt.METADATA_NAME).write_text(json.dumps({"step": step}))
+    (directory / METADATA_NAME).write_text(json.dumps({"step": step}))
     if resumable:
         torch.save({"step": step}, directory / ckpt.TRAINING_STATE_NAME)
     with (log_path / ckpt.INDEX_NAME).open("a") as index:
@@ -134,7 +138,7 @@ def test_a_foreign_directory_without_a_run_is_refused_but_a_run_with_extra_files
 # -- the lock, with real processes ------------------------------------------------------------------
 
 HOLDER = ("import sys, time\n"
-          "from cookbook.training.run_lock import RunLock\n"
+          "from cookbook.training.log_dir import RunLock\n"
           "lock = RunLock(sys.argv[1]).acquire()\n"
           "print('locked', flush=True)\n"
           "sys.stdin.readline()\n"
@@ -337,7 +341,7 @@ def test_a_moved_log_dir_still_resumes_from_its_checkpoint(tmp_path):
 
 STORED = {"log_path": "runs/a", "model_name": "m", "dpo_beta": 0.1, "learning_rate": 1e-5, "eval_every": 10,
           "lora_rank": 8, "behavior_if_log_dir_exists": "raise",
-          "dataset": {"builder": "cookbook.datasets.file:FileBuilder", "path": "a.jsonl", "test_size": 4}}
+          "dataset": {"builder": "cookbook.datasets.preference:FileBuilder", "path": "a.jsonl", "test_size": 4}}
 
 
 def test_changes_that_alter_the_run_are_refused_naming_each_field():

@@ -38,7 +38,7 @@ def test_smoke_logs_the_sft_metrics_and_writes_a_checkpoint(tmp_path, tiny_model
     assert [r["step"] for r in evals] == [0, 1, 2]
     assert math.isfinite(evals[0]["test/nll"]) and evals[0]["test/ppl"] == pytest.approx(math.exp(evals[0]["test/nll"]))
     config = json.loads((log_path / "config.json").read_text())
-    assert config["dataset"]["builder"].startswith("cookbook.supervised.chosen:")
+    assert config["dataset"]["builder"].startswith("cookbook.datasets.supervised:ChosenBuilder")
     meta = json.loads((log_path / "final" / "cookbook_checkpoint.json").read_text())
     assert meta["renderer_name"] == "chatml" and meta["step"] == 2
     assert (log_path / "metrics.png").exists()
@@ -73,7 +73,7 @@ def test_trains_on_a_messages_file_given_only_its_path(tmp_path, tiny_model_dir)
 
 
 def test_sft_then_dpo_from_its_checkpoint(tmp_path, tiny_model_dir):
-    """The chain the README shows: SFT on the chosen replies, then DPO starting from (and anchored to)
+    """The chain the SFT recipe README shows: SFT on the chosen replies, then DPO starting from (and anchored to)
     the SFT checkpoint, whose renderer it inherits; at DPO's step 0 policy = reference."""
     sft = run(tmp_path, tiny_model_dir, "max_steps=3", "eval_every=0", "learning_rate=1e-3")
     dpo = tmp_path / "dpo"

@@ -1,6 +1,6 @@
 """The data code the preference and supervised recipes share: `SplitBuilder` (what differs between
 the two builder bases is a class variable, and each difference is pinned here), the
-`BuilderRegistry` behind both `dataset=` registries, `SkipCounts.keep`, the summary helpers and
+`Registry` behind both `dataset=` families, `SkipCounts.keep`, the summary helpers and
 `batch_to`, the `.to(device)` of every batch type."""
 
 from __future__ import annotations
@@ -11,31 +11,27 @@ import chz
 import pytest
 import torch
 
-from cookbook.datasets import (
+from cookbook.datasets.builder import Skip, SkipCounts, assistant, user
+from cookbook.datasets.preference import (
+    PREFERENCE_DATASETS,
     Comparison,
     DPODatasetBuilder,
     FileBuilder,
     NoUsablePairsError,
-    Skip,
-    assistant,
-    user,
 )
-from cookbook.datasets.builder_registry import BuilderRegistry
-from cookbook.datasets.registry import dataset_meta_factory, resolve_builder
-from cookbook.datasets.split_builder import SkipCounts
 from cookbook.datasets.summary import count_metrics, mean_and_max
-from cookbook.datasets.tokenize import TokenizedPair, TokenizedSequence
-from cookbook.preference.batching import batch_to
-from cookbook.preference.batching import collate_padded as collate_pairs_padded
-from cookbook.supervised import (
+from cookbook.datasets.supervised import (
+    SUPERVISED_DATASETS,
     Conversation,
     NoUsableExamplesError,
     SupervisedDatasetBuilder,
     SupervisedFileBuilder,
-    collate_padded,
-    resolve_supervised_builder,
 )
-from cookbook.supervised.tokenize import SupervisedSequence
+from cookbook.datasets.tokenize import SupervisedSequence, TokenizedPair, TokenizedSequence
+from cookbook.preference.batching import collate_padded as collate_pairs_padded
+from cookbook.registry import Registry
+from cookbook.supervised.batching import collate_padded
+from cookbook.training.packing import batch_to
 
 
 class NumberedRows:
@@ -136,21 +132,24 @@ def test_skip_counts_keep_labels_each_skip_by_its_position():
 
 def test_one_registry_class_serves_both_families():
     # Each family's registry refuses the other family's builders, naming its own base class.
-    with pytest.raises(ValueError, match=r"HHHBuilder is not a subclass of cookbook\.supervised\.SupervisedDatasetBuilder"):
-        resolve_supervised_builder("cookbook.datasets:HHHBuilder")
+    with pytest.raises(ValueError, match=r"HHHBuilder is not a subclass of cookbook\.datasets\.SupervisedDatasetBuilder"):
+        SUPERVISED_DATASETS.resolve("cookbook.datasets.hub:HHHBuilder")
     with pytest.raises(ValueError, match=r"NoRobotsBuilder is not a subclass of cookbook\.datasets\.DPODatasetBuilder"):
-        resolve_builder("cookbook.supervised:NoRobotsBuilder")
+        PREFERENCE_DATASETS.resolve("cookbook.datasets.hub:NoRobotsBuilder")
     # A data file's path is each family's file builder.
-    pairs_file = dataset_meta_factory().from_string("prefs.jsonl")
+    pairs_file = PREFERENCE_DATASETS.meta_factory().from_string("prefs.jsonl")
     assert pairs_file.func is FileBuilder and pairs_file.keywords == {"path": "prefs.jsonl"}
-    sft_file = resolve_supervised_builder("sft.parquet")
+    sft_file = SUPERVISED_DATASETS.resolve("sft.parquet")
     assert sft_file.func is SupervisedFileBuilder and sft_file.keywords == {"path": "sft.parquet"}
 
-    registry = BuilderRegistry(Conversations, "tests.Conversations", "register_toy", ())
+    registry = Registry(Conversations, "toy_data", "toy", base_path="tests.Conversations", unknown="Unknown {spec!r}")
     registry.register("toy")(Conversations)
-    assert registry.classes() == {"toy": Conversations} and registry.find_class("toy") is Conversations
-    assert registry.find_class("nope") is None and registry.file_factory("toy") is None
-    with pytest.raises(TypeError, match=r"register_toy\('bad'\) needs a Conversations subclass"):
+    assert registry.names() == {"toy": Conversations} and registry.factory("toy") is Conversations
+    with pytest.raises(ValueError, match="Unknown 'nope'"):
+        registry.resolve("nope")
+    with pytest.raises(ValueError, match="Unknown 'toy.jsonl'"):  # no file builder: no file shorthand
+        registry.resolve("toy.jsonl")
+    with pytest.raises(TypeError, match=r"toy_data 'bad' needs a Conversations subclass"):
         registry.register("bad")(Pairs)
     @chz.chz
     class OtherConversations(Conversations):

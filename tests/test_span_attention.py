@@ -8,11 +8,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cookbook.preference.packing import NO_PREFIX, segment_attention_mask
-from cookbook.preference.span_attention import (
+from cookbook.training.attention import (
+    NO_PREFIX,
     SPAN_ATTENTION,
     AttentionSpans,
     Span,
+    segment_attention_mask,
     segment_spans,
     span_sdpa_attention,
     use_span_attention,

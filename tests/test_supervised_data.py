@@ -11,21 +11,17 @@ from pathlib import Path
 import chz
 import pytest
 
-import cookbook.supervised as supervised
-from cookbook.datasets import DemoBuilder, FileBuilder, HHHBuilder
-from cookbook.datasets.file import MalformedRowError
-from cookbook.datasets.hub import DatasetUnavailableError
-from cookbook.supervised import (
-    DEFAULT_SUPERVISED_DATASET,
+from cookbook.datasets.builder import MalformedRowError
+from cookbook.datasets.hub import DatasetUnavailableError, HHHBuilder, NoRobotsBuilder
+from cookbook.datasets.preference import DemoBuilder, FileBuilder
+from cookbook.datasets.supervised import (
+    SUPERVISED_DATASETS,
     ChosenBuilder,
     Conversation,
-    NoRobotsBuilder,
     NoUsableExamplesError,
     SupervisedDatasetBuilder,
     SupervisedFileBuilder,
     check_conversation,
-    resolve_supervised_builder,
-    supervised_dataset_meta_factory,
 )
 
 
@@ -49,17 +45,18 @@ def write_jsonl(path: Path, rows) -> str:
 @chz.chz
 class SFTConfig:
     dataset: SupervisedDatasetBuilder = chz.field(
-        default_factory=resolve_supervised_builder(DEFAULT_SUPERVISED_DATASET),
-        meta_factory=supervised_dataset_meta_factory(), doc="data",
+        default_factory=SUPERVISED_DATASETS.resolve(SUPERVISED_DATASETS.default),
+        meta_factory=SUPERVISED_DATASETS.meta_factory(), doc="data",
     )
 
 
 def test_every_module_imports():
-    for name in ("builder", "chosen", "collate", "evaluation", "example", "file", "load", "no_robots",
-                 "registry", "step", "summary", "task", "tokenize"):
-        importlib.import_module(f"cookbook.supervised.{name}")
-    for name in supervised.__all__:
-        assert hasattr(supervised, name), name
+    for name in ("cookbook.datasets.supervised", "cookbook.datasets.tokenize", "cookbook.datasets.summary",
+                 "cookbook.datasets.hub", "cookbook.supervised.batching", "cookbook.supervised.step",
+                 "cookbook.supervised.train_sft"):
+        module = importlib.import_module(name)
+        for exported in getattr(module, "__all__", ()):
+            assert hasattr(module, exported), exported
 
 
 def test_file_reads_both_layouts(tmp_path):
@@ -185,7 +182,7 @@ def test_no_robots_offline_names_local_path():
 
 
 def test_chosen_keeps_the_preference_split():
-    splits = resolve_supervised_builder("chosen:demo")()()
+    splits = SUPERVISED_DATASETS.resolve("chosen:demo")()()
     pairs = DemoBuilder()()
     assert keys(splits.train) == keys([*p.prompt, *p.chosen] for p in pairs.train)
     assert keys(splits.test) == keys([*p.prompt, *p.chosen] for p in pairs.test)
@@ -203,7 +200,7 @@ def test_chosen_reports_the_preference_skips(tmp_path):
         {"prompt": "q3", "chosen": "yes", "rejected": "maybe"},  # same chosen conversation as the row above
         {"prompt": "q4", "chosen": "fine", "rejected": "poor"},
     ])
-    splits = resolve_supervised_builder(f"chosen:{prefs}")(preference=FileBuilder(path=prefs, test_size=1))()
+    splits = SUPERVISED_DATASETS.resolve(f"chosen:{prefs}")(preference=FileBuilder(path=prefs, test_size=1))()
     # The repeated prompt + chosen is a duplicate whichever split each copy landed in.
     assert splits.skipped.counts == {"identical": 1, "duplicate": 1}
     assert len(splits.train) + len(splits.test) == 3
@@ -235,7 +232,7 @@ def test_cli_forms():
 def test_module_class_path_imports_a_user_subclass(tmp_path, monkeypatch):
     (tmp_path / "user_sft.py").write_text(textwrap.dedent('''
         import chz
-        from cookbook.supervised import Conversation, SupervisedDatasetBuilder
+        from cookbook.datasets import Conversation, SupervisedDatasetBuilder
 
         @chz.chz
         class Echo(SupervisedDatasetBuilder):

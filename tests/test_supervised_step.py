@@ -13,19 +13,16 @@ import math
 import pytest
 import torch
 
-from cookbook.preference.logprobs import SequenceLogprobModel
-from cookbook.supervised import (
-    SupervisedSequence,
+from cookbook.datasets.tokenize import SupervisedSequence
+from cookbook.supervised.batching import (
     collate_packed,
     collate_padded,
     collate_sequences,
-    evaluate_supervised,
     make_supervised_collate,
-    sft_forward,
-    step_metrics,
-    trained_token_count,
 )
+from cookbook.supervised.step import evaluate_supervised, sft_forward, step_metrics, trained_token_count
 from cookbook.training.distributed import DistInfo
+from cookbook.training.logprobs import SequenceLogprobModel
 
 SINGLE_PROCESS = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
@@ -184,8 +181,9 @@ def test_step_metrics_by_hand():
 
 
 def test_task_for_the_shared_loop(tiny_model, sequences):
-    from cookbook.supervised import SupervisedData, SupervisedTask
-    from cookbook.supervised.summary import SupervisedDataSummary
+    from cookbook.datasets.summary import SupervisedDataSummary
+    from cookbook.datasets.tokenize import SupervisedData
+    from cookbook.supervised.train_sft import SupervisedTask
 
     model = SequenceLogprobModel(tiny_model)
     collate = make_supervised_collate("packed", 0, model).collate

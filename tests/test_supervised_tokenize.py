@@ -7,16 +7,10 @@ import json
 import pytest
 from rich.console import Console
 
-from cookbook.datasets.comparison import SKIP_REASONS, Skip
+from cookbook.datasets.builder import SKIP_REASONS, Skip
+from cookbook.datasets.supervised import Conversation, NoUsableExamplesError, SupervisedFileBuilder
+from cookbook.datasets.tokenize import SupervisedSequence, load_supervised_data, tokenize_conversation
 from cookbook.renderers import get_renderer
-from cookbook.supervised import (
-    Conversation,
-    NoUsableExamplesError,
-    SupervisedFileBuilder,
-    SupervisedSequence,
-    load_supervised_data,
-    tokenize_conversation,
-)
 
 MESSAGES = [
     {"role": "user", "content": "Hi"},

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from cookbook.errors import RunStopped
-from cookbook.preference import train_dpo
+from cookbook.preference import step as preference_step
 from cookbook.recipes.preference.train import cli
 from cookbook.training import loop as loop_module
 from cookbook.training import metrics as metrics_module
@@ -154,7 +154,7 @@ def test_existing_log_dir_without_tty_raises(tmp_path, tiny_model_dir):
 
 
 def test_nan_loss_stops_with_last_checkpoint_intact(tmp_path, tiny_model_dir, monkeypatch):
-    real_forward = train_dpo.preference_forward
+    real_forward = preference_step.preference_forward
     calls = {"n": 0}
 
     def poisoned(policy, batch, settings, reference_logps):
@@ -165,7 +165,7 @@ def test_nan_loss_stops_with_last_checkpoint_intact(tmp_path, tiny_model_dir, mo
             result.metric_sums["loss"] = float("nan")
         return result
 
-    monkeypatch.setattr(train_dpo, "preference_forward", poisoned)
+    monkeypatch.setattr(preference_step, "preference_forward", poisoned)
     with pytest.raises(TrainingDivergedError, match="step 2: loss=nan"):
         run(tmp_path, tiny_model_dir, "max_steps=5", "batch_size=4", "micro_batch_size=4", "eval_every=0",
             "save_every=2")

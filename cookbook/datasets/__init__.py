@@ -1,82 +1,35 @@
-"""Preference data: builders that turn raw rows into comparisons, and their tokenization.
+"""Training data: builders that turn raw rows into preference pairs or conversations, and their tokens.
 
-    from cookbook.datasets import DemoBuilder, load_preference_data
+    from cookbook.datasets.preference import DemoBuilder
+    from cookbook.datasets.tokenize import load_preference_data
     data = load_preference_data(DemoBuilder(), get_renderer("chatml", tokenizer), max_length=256)
 
-Builders are chz classes chosen on the command line by name (`dataset=hhh`, `dataset=file
-dataset.path=prefs.jsonl`) or by import path (`dataset=my.module:MyBuilder`); see README.md here.
-This package lives inside `cookbook` so it never shadows the Hugging Face `datasets` package.
+- `files.py`: the one reader of local JSONL, JSON and Parquet files, errors naming file and line;
+- `builder.py`: what every builder shares (splits, skips, deduplication, shuffling);
+- `preference.py`, `supervised.py`: each kind's item, builder base, file builder and `dataset=` family
+  (`PREFERENCE_DATASETS`, `SUPERVISED_DATASETS`); `hub.py`: the hub sets of both kinds;
+- `tokenize.py`: items to tokens through the renderer, and `load_*_data`; `summary.py`: what was kept.
+
+Builders are chz classes chosen on the command line by name (`dataset=hhh`, `dataset=prefs.jsonl`,
+`dataset=chosen:demo`) or by import path (`dataset=my.module:MyBuilder`). This package lives inside
+`cookbook` so it never shadows the Hugging Face `datasets` package. Importing it registers every
+built-in builder (the hub sets are declared in `hub.py`).
 """
 
-from cookbook.datasets.builder import ComparisonSplits, DPODatasetBuilder, NoUsablePairsError, SkipCounts
-from cookbook.datasets.comparison import (
-    SKIP_REASONS,
-    Comparison,
-    Skip,
-    SkipReason,
-    assistant,
-    comparison_from_conversations,
-    to_messages,
-    user,
-)
-from cookbook.datasets.demo import DemoBuilder
-from cookbook.datasets.file import FileBuilder, MalformedRowError
-from cookbook.datasets.files import DataFileError
-from cookbook.datasets.helpsteer3 import HelpSteer3Builder
-from cookbook.datasets.hhh import HHHBuilder, parse_transcript
-from cookbook.datasets.hub import DatasetUnavailableError, HubDatasetBuilder
-from cookbook.datasets.load import PreferenceData, load_preference_data
-from cookbook.datasets.registry import (
-    DatasetMetaFactory,
-    dataset_meta_factory,
-    register_builder,
-    registered_builders,
-    resolve_builder,
-)
-from cookbook.datasets.summary import DatasetSummary, LengthStats, print_summary
-from cookbook.datasets.tokenize import (
-    MIN_COMPLETION_TOKENS,
-    TokenizedPair,
-    TokenizedSequence,
-    tokenize_comparison,
-)
-from cookbook.datasets.ultrafeedback import UltraFeedbackBuilder
+from cookbook.datasets import hub  # noqa: F401  (declares the hub sets of both families)
+from cookbook.datasets.builder import Skip, assistant, to_messages, user
+from cookbook.datasets.preference import PREFERENCE_DATASETS, Comparison, DPODatasetBuilder
+from cookbook.datasets.supervised import SUPERVISED_DATASETS, Conversation, SupervisedDatasetBuilder
 
 __all__ = [
-    "MIN_COMPLETION_TOKENS",
-    "SKIP_REASONS",
+    "PREFERENCE_DATASETS",
+    "SUPERVISED_DATASETS",
     "Comparison",
-    "ComparisonSplits",
+    "Conversation",
     "DPODatasetBuilder",
-    "DataFileError",
-    "DatasetMetaFactory",
-    "DatasetSummary",
-    "DatasetUnavailableError",
-    "DemoBuilder",
-    "FileBuilder",
-    "HHHBuilder",
-    "HelpSteer3Builder",
-    "HubDatasetBuilder",
-    "LengthStats",
-    "MalformedRowError",
-    "NoUsablePairsError",
-    "PreferenceData",
     "Skip",
-    "SkipCounts",
-    "SkipReason",
-    "TokenizedPair",
-    "TokenizedSequence",
-    "UltraFeedbackBuilder",
+    "SupervisedDatasetBuilder",
     "assistant",
-    "comparison_from_conversations",
-    "dataset_meta_factory",
-    "load_preference_data",
-    "parse_transcript",
-    "print_summary",
-    "register_builder",
-    "registered_builders",
-    "resolve_builder",
     "to_messages",
-    "tokenize_comparison",
     "user",
 ]

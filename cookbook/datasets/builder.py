@@ -1,88 +1,292 @@
-"""`DPODatasetBuilder`: the chz class every preference data set subclasses.
+"""What every data set builder shares, whatever it turns rows into: `SplitBuilder` and the `Skip`.
 
-A builder holds configuration only. Calling it (`builder()`) reads the raw rows, turns each into a
-`Comparison` or a named `Skip`, removes duplicates, shuffles deterministically with `seed`, and
-returns the train and test comparisons together with the count of every row it did not use.
+A builder (`DPODatasetBuilder` makes `Comparison`s, `SupervisedDatasetBuilder` `Conversation`s)
+writes how one raw row becomes an item; everything around that one conversion lives here: reading
+each split, counting every unusable row as a named `Skip` (with the first example of each reason
+and where it was), checking and deduplicating what was made, a seeded shuffle that is the same in
+every process, carving a test set out of train when the source has none, and `max_*` limits.
+`LocalFileRows` is the part of a local-file builder that is not its row format, and `to_messages`
+parses the message lists every schema holds.
 
-A subclass writes two methods and is decorated with `@chz.chz` (chz requires it even when the
-subclass adds no fields):
-
-- `load_rows(split)`: the raw rows of one source split ("train", "test", ...), any iterable;
-- `row_to_comparison(row)`: one row to a `Comparison`, or `Skip("tie")`, `Skip("malformed", why)`...
-
-and may override `split_names()` when the source has its own test split. Without one, `test_size`
-pairs are carved out of the shuffled train pairs, so the two never overlap. The reading, skip
-counting, deduplication and shuffling are `SplitBuilder`'s, shared with the supervised builders.
+The two builder bases keep their own chz fields (`test_size`, `seed`, `max_pairs` / `max_examples`,
+whose types and docs differ) and their own result types; `SplitBuilder` holds methods only and reads
+the class variables below for the words its checks and messages use.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, Literal, TypeVar, get_args
 
-import chz
-
-from cookbook.datasets.comparison import Comparison, Skip, check_comparison
-from cookbook.datasets.split_builder import ROW_ERRORS, SkipCounts, SplitBuilder
+from cookbook.datasets.files import FileRow, read_rows
 from cookbook.errors import UserError
+from cookbook.renderers.base import Message
 
-# SkipCounts and ROW_ERRORS were first defined here; they stay importable from this module.
-__all__ = ["ROW_ERRORS", "ComparisonSplits", "DPODatasetBuilder", "NoUsablePairsError", "SkipCounts"]
+SkipReason = Literal["tie", "malformed", "empty", "identical", "duplicate", "filtered", "too_long"]
 
 
-class NoUsablePairsError(UserError, ValueError):
-    """Every row of a split was skipped, or too few remain for the requested test split."""
+SKIP_REASONS: tuple[str, ...] = get_args(SkipReason)
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A row that was read but not used, and why. `detail` is shown in the summary as an example."""
+
+    reason: SkipReason
+    detail: str = ""
+
+    def __post_init__(self):
+        if self.reason not in SKIP_REASONS:
+            raise ValueError(f"Skip reason {self.reason!r} is not one of {', '.join(SKIP_REASONS)}")
+
+
+def user(content: str) -> Message:
+    return {"role": "user", "content": content}
+
+
+def assistant(content: str) -> Message:
+    return {"role": "assistant", "content": content}
+
+
+def to_messages(value: Any, field: str, default_role: str | None = None) -> list[Message]:
+    """A message list from a list of {role, content} dicts, or from a string when `default_role` is
+    given; raises ValueError naming `field`. Extra keys in a message are dropped."""
+    if isinstance(value, str) and default_role is not None:
+        return [{"role": default_role, "content": value}]
+    if not isinstance(value, list):
+        kinds = "a string or a list of messages" if default_role else "a list of messages"
+        raise ValueError(f"field {field!r} must be {kinds}, got {type(value).__name__}")
+    messages: list[Message] = []
+    for index, message in enumerate(value):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise ValueError(f"field {field!r}[{index}] must be an object with 'role' and 'content'")
+        if not isinstance(message["content"], str) or not isinstance(message["role"], str):
+            raise ValueError(f"field {field!r}[{index}]: 'role' and 'content' must be strings")
+        messages.append({"role": message["role"], "content": message["content"]})
+    return messages
+
+
+# Exceptions a row parser may raise on a row whose schema is not what it expects; they become
+# `malformed` skips (with the error as the example) instead of stopping a long load halfway.
+ROW_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError)
+
+
+ItemT = TypeVar("ItemT")
+
+
+ResultT = TypeVar("ResultT")
 
 
 @dataclass
-class ComparisonSplits:
-    """What a builder returns: the comparisons to train and test on, and what it left out."""
+class SkipCounts:
+    """How many rows were skipped for each reason, with the first example of each reason."""
 
-    train: list[Comparison]
-    test: list[Comparison]
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)
+
+    def add(self, skip: Skip, where: str = "") -> None:
+        self.counts[skip.reason] += 1
+        if skip.reason not in self.examples:
+            self.examples[skip.reason] = f"{where}: {skip.detail}" if where else skip.detail
+
+    def merge(self, other: SkipCounts) -> None:
+        self.counts.update(other.counts)
+        for reason, example in other.examples.items():
+            self.examples.setdefault(reason, example)
+
+    def keep(self, results: Iterable[ResultT | Skip], label: str) -> list[ResultT]:
+        """The results that are not skips; a skip at position i is counted at f"{label} {i}"."""
+        kept = []
+        for index, result in enumerate(results):
+            if isinstance(result, Skip):
+                self.add(result, f"{label} {index}")
+            else:
+                kept.append(result)
+        return kept
+
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def describe(self) -> str:
+        if not self.counts:
+            return "none"
+        return ", ".join(
+            f"{reason}={count} (e.g. {self.examples.get(reason, '')})"
+            for reason, count in self.counts.items()
+        )
+
+
+@dataclass
+class Splits(Generic[ItemT]):
+    """What `SplitBuilder.split_rows` makes; each subclass hands it on in its own result type."""
+
+    train: list[ItemT]
+    test: list[ItemT]
     rows_read: dict[str, int]  # per source split
     skipped: SkipCounts
-    unused_pairs: int = 0  # usable pairs left out by max_pairs or test_size
+    unused: int  # usable items left out by the max_* limit or test_size
 
 
-@chz.chz
-class DPODatasetBuilder(SplitBuilder[Comparison]):
-    """Base class of preference data sets. Configure with fields, build with `builder()`."""
+class SplitBuilder(Generic[ItemT]):
+    """Rows -> checked, deduplicated, shuffled train and test items. Subclassed by the chz builder
+    bases, which declare the fields read here: `seed` (int) and `test_size` (int, or None for all of
+    the source's own test split)."""
 
-    item_type: ClassVar[type] = Comparison
-    item_noun: ClassVar[str] = "pairs"
-    converter_name: ClassVar[str] = "row_to_comparison"
-    limit_field: ClassVar[str] = "max_pairs"
-    duplicate_detail: ClassVar[str] = "same prompt, chosen and rejected as an earlier row"
-    no_usable_error: ClassVar[type[Exception]] = NoUsablePairsError
-    # Each split on its own, as preference data has always been deduplicated: a source's own test
-    # split stays whole, so test metrics stay comparable with earlier runs on the same data.
-    dedupe_across_splits: ClassVar[bool] = False
+    # How a subclass names what it makes, in its checks and error messages.
+    item_type: ClassVar[type]  # what `convert_row` returns when a row is usable
+    item_noun: ClassVar[str]  # "pairs", "conversations"
+    converter_name: ClassVar[str]  # the method a data set writes, as `convert_row` calls it
+    limit_field: ClassVar[str]  # the config field of the training-set limit ("max_pairs")
+    duplicate_detail: ClassVar[str]  # the example text of a `duplicate` skip
+    no_usable_error: ClassVar[type[Exception]]
+    # True: a test item equal to a train item is a duplicate (so nothing is both trained and tested on);
+    # False: each split is deduplicated on its own.
+    dedupe_across_splits: ClassVar[bool]
 
-    test_size: int = chz.field(
-        default=200,
-        doc="held-out pairs: the first test_size of the source's shuffled test split, or carved out of "
-        "the train pairs when the source has none (0 = no test set)",
-    )
-    seed: int = chz.field(default=0, doc="seed of the deterministic shuffle of both splits")
-    max_pairs: int | None = chz.field(default=None, doc="use at most this many training pairs (None = all)")
+    # -- what a data set writes -------------------------------------------------------------------
 
-    # -- what a subclass writes, with load_rows (and maybe split_names, on_malformed, name) --------
+    def split_names(self) -> tuple[str, str | None]:
+        """(train split, test split or None). With None, the test items are carved out of train."""
+        return ("train", None)
 
-    def row_to_comparison(self, row: Any) -> Comparison | Skip:
-        raise NotImplementedError(f"{type(self).__name__} must define row_to_comparison(row)")
+    def load_rows(self, split: str) -> Iterable[Any]:
+        """Raw rows of one source split. Rows read from local files may be `FileRow`s: the base class
+        hands their `data` to the row converter and uses their location in error messages."""
+        raise NotImplementedError(f"{type(self).__name__} must define load_rows(split)")
 
-    # -- building ---------------------------------------------------------------------------------
+    def on_malformed(self, skip: Skip, where: str) -> None:
+        """Called for each malformed row before it is counted; raise here to make it fatal."""
 
-    def convert_row(self, row: Any) -> Comparison | Skip:
-        return self.row_to_comparison(row)
+    def name(self) -> str:
+        """How the summary names this data set."""
+        return type(self).__name__
 
-    def check_item(self, item: Comparison) -> Comparison | Skip:
-        return check_comparison(item)
+    # -- what the builder base of each kind writes --------------------------------------------------
 
-    def __call__(self) -> ComparisonSplits:
-        """Read, convert, deduplicate, shuffle and split. Deterministic for a given `seed`."""
-        if self.test_size < 0:
-            raise ValueError(f"dataset.test_size must be >= 0, got {self.test_size}")
-        splits = self.split_rows(self.load_rows, SkipCounts(), self.max_pairs)
-        return ComparisonSplits(splits.train, splits.test, splits.rows_read, splits.skipped, splits.unused)
+    def convert_row(self, row: Any) -> ItemT | Skip:
+        """One row to an item or a Skip: the subclass's `converter_name` method."""
+        raise NotImplementedError
+
+    def check_item(self, item: ItemT) -> ItemT | Skip:
+        """The item, or a Skip when it cannot be trained on."""
+        raise NotImplementedError
+
+    # -- building -----------------------------------------------------------------------------------
+
+    def split_rows(
+        self, load_rows: Callable[[str], Iterable[Any]], skipped: SkipCounts, max_items: int | None
+    ) -> Splits[ItemT]:
+        """Read, convert, deduplicate, shuffle and split the rows `load_rows` gives, counting skips
+        into `skipped`; at most `max_items` training items. Deterministic for a given `seed`."""
+        if max_items is not None and max_items < 1:
+            raise ValueError(f"dataset.{self.limit_field} must be >= 1 or None, got {max_items}")
+        train_split, test_split = self.split_names()
+        rows_read: dict[str, int] = {}
+        seen: set[str] = set()
+        train, rows_read[train_split] = self._convert_split(train_split, load_rows(train_split), skipped, seen)
+        shuffle_split(train, self.seed, train_split)
+        unused = 0
+        if test_split is None:
+            test, train = self._carve_test(train, skipped)
+        else:
+            if not self.dedupe_across_splits:
+                seen = set()
+            test, rows_read[test_split] = self._convert_split(test_split, load_rows(test_split), skipped, seen)
+            shuffle_split(test, self.seed, test_split)
+            if self.test_size is not None:
+                unused = max(0, len(test) - self.test_size)
+                test = test[: self.test_size]
+        if not train:
+            raise self.no_usable_error(
+                f"{self.name()}: no usable training {self.item_noun} in split {train_split!r} "
+                f"({rows_read[train_split]} rows read). Skipped rows: {skipped.describe()}"
+            )
+        if max_items is not None and len(train) > max_items:
+            unused += len(train) - max_items
+            train = train[:max_items]
+        return Splits(train, test, rows_read, skipped, unused)
+
+    def _carve_test(self, train: list[ItemT], skipped: SkipCounts) -> tuple[list[ItemT], list[ItemT]]:
+        """(test, train): the first test_size of the shuffled train items held out."""
+        if self.test_size is None:
+            raise ValueError(
+                f"{self.name()} has no test split of its own, so dataset.test_size=None (all of it) means "
+                f"nothing; give the number of {self.item_noun} to carve out of the training rows"
+            )
+        # With no usable item at all, the "no usable training items" error below says more.
+        if self.test_size and 0 < len(train) <= self.test_size:
+            raise self.no_usable_error(
+                f"{self.name()}: only {len(train)} usable {self.item_noun}, so carving out dataset.test_size="
+                f"{self.test_size} test {self.item_noun} leaves none to train on; lower dataset.test_size. "
+                f"Skipped rows: {skipped.describe()}"
+            )
+        return train[: self.test_size], train[self.test_size :]
+
+    def _convert_split(
+        self, split: str, rows: Iterable[Any], skipped: SkipCounts, seen: set[str]
+    ) -> tuple[list[ItemT], int]:
+        items: list[ItemT] = []
+        rows_read = 0
+        for rows_read, row in enumerate(rows, start=1):
+            where = f"{split} row {rows_read - 1}"
+            if isinstance(row, FileRow):  # rows from local files know their file and line
+                where, row, result = row.location, row.data, Skip("malformed", row.error or "")
+            if row is not None:
+                try:
+                    result = self.convert_row(row)
+                except ROW_ERRORS as error:
+                    result = Skip("malformed", f"{type(error).__name__}: {error}")
+            if isinstance(result, self.item_type):
+                result = self.check_item(result)
+            if isinstance(result, self.item_type):
+                key = result.key()
+                if key in seen:
+                    result = Skip("duplicate", self.duplicate_detail)
+                else:
+                    seen.add(key)
+            if isinstance(result, Skip):
+                if result.reason == "malformed":
+                    self.on_malformed(result, where)
+                skipped.add(result, where)
+            elif isinstance(result, self.item_type):
+                items.append(result)
+            else:
+                raise TypeError(
+                    f"{type(self).__name__}.{self.converter_name} returned {type(result).__name__}; "
+                    f"expected a {self.item_type.__name__} or a Skip"
+                )
+        return items, rows_read
+
+
+def shuffle_split(items: list[Any], seed: int, split: str) -> None:
+    # A string seed (not hash()) so the order is the same in every process and Python version.
+    random.Random(f"{seed}/{split}").shuffle(items)
+
+
+class MalformedRowError(UserError, ValueError):
+    """A row of a local preference file that does not follow either layout."""
+
+
+class LocalFileRows:
+    """What a builder of local files does besides converting a row: read `path` (and `test_path`),
+    name itself by its file and stop on a malformed row unless `skip_malformed`. Shared by
+    `FileBuilder` and `cookbook.supervised.SupervisedFileBuilder`, which declare those three fields
+    with their own docs."""
+
+    def name(self) -> str:
+        return self.path
+
+    def split_names(self) -> tuple[str, str | None]:
+        return ("train", "test" if self.test_path is not None else None)
+
+    def load_rows(self, split: str) -> Iterable[Any]:
+        return read_rows(self.test_path if split == "test" else self.path)
+
+    def on_malformed(self, skip: Skip, where: str) -> None:
+        if not self.skip_malformed:
+            raise MalformedRowError(
+                f"{where}: {skip.detail} (pass dataset.skip_malformed=true to skip such rows)"
+            )

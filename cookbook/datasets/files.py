@@ -1,8 +1,9 @@
 """Reading rows from local JSONL, JSON or Parquet files, remembering where each row came from.
 
-Every row keeps a location ("train.jsonl:12") so that an error can name the exact line. A line that
-is not valid JSON (or not valid UTF-8) is returned with its error instead of raising, so callers
-decide whether it is fatal or a counted skip. A file that cannot be read as a whole (missing, a
+The one reader of local data files: preference and supervised data sets, on-policy prompt files and
+IFEval prompt files all read through `read_rows`. Every row keeps a location ("train.jsonl:12") so
+that an error can name the exact line. A line that is not valid JSON (or not valid UTF-8) is
+returned with its error instead of raising, so callers decide whether it is fatal or a counted skip. A file that cannot be read as a whole (missing, a
 directory, empty, not really gzip, not UTF-8 where it must be) raises `DataFileError` naming it.
 
 Files are read as UTF-8; a byte-order mark at the start (Windows editors write one) is dropped.
@@ -36,12 +37,14 @@ class DataFileNotFoundError(DataFileError, FileNotFoundError):
 @dataclass(frozen=True)
 class FileRow:
     location: str  # "path:line" for JSON Lines, "path[row]" for JSON arrays and Parquet
-    data: dict[str, Any] | None
+    data: Any  # a dict (any JSON value with objects_only=False), or None when the row is unreadable
     error: str | None = None  # why `data` is None
 
 
-def read_rows(path: str | Path) -> list[FileRow]:
-    """All rows of one local file; raises DataFileError naming the file when it cannot be read."""
+def read_rows(path: str | Path, objects_only: bool = True, noun: str = "rows") -> list[FileRow]:
+    """All rows of one local file; raises DataFileError naming the file when it cannot be read.
+    With `objects_only` a row that is not a JSON object is an error row; `noun` names what an empty
+    file lacks ("rows", "prompts")."""
     path = Path(path).expanduser()
     if not path.exists():
         raise DataFileNotFoundError(f"data file {str(path)!r} does not exist")
@@ -52,9 +55,9 @@ def read_rows(path: str | Path) -> list[FileRow]:
         raise DataFileError(f"{path}: unsupported file type; expected one of {', '.join(SUPPORTED_SUFFIXES)}")
     try:
         if name.endswith((".jsonl", ".jsonl.gz")):
-            rows = _read_json_lines(path)
+            rows = _read_json_lines(path, objects_only)
         elif name.endswith((".json", ".json.gz")):
-            rows = _read_json(path)
+            rows = _read_json(path, objects_only)
         else:
             rows = _read_parquet(path)
     except PermissionError as error:
@@ -62,7 +65,7 @@ def read_rows(path: str | Path) -> list[FileRow]:
     except (gzip.BadGzipFile, EOFError, zlib.error) as error:
         raise DataFileError(_gzip_problem(path, error)) from None
     if not rows:
-        raise DataFileError(f"{path} is empty: it holds no rows")
+        raise DataFileError(f"{path} is empty: it holds no {noun}")
     return rows
 
 
@@ -93,7 +96,7 @@ def _check_not_utf16(path: Path, start: bytes) -> None:
         raise DataFileError(f"{path} is UTF-16 encoded; save it as UTF-8")
 
 
-def _read_json_lines(path: Path) -> list[FileRow]:
+def _read_json_lines(path: Path, objects_only: bool) -> list[FileRow]:
     rows = []
     for line_number, raw in _raw_lines(path):
         location = f"{path}:{line_number}"
@@ -109,7 +112,7 @@ def _read_json_lines(path: Path) -> list[FileRow]:
         except json.JSONDecodeError as error:
             rows.append(FileRow(location, None, f"invalid JSON ({error.msg} at column {error.colno})"))
             continue
-        rows.append(_as_row(location, data))
+        rows.append(_as_row(location, data, objects_only))
     return rows
 
 
@@ -117,7 +120,7 @@ def _not_utf8(byte: int, column: int) -> str:
     return f"not valid UTF-8 (byte 0x{byte:02x} at byte {column} of the line); save the file as UTF-8"
 
 
-def _read_json(path: Path) -> list[FileRow]:
+def _read_json(path: Path, objects_only: bool) -> list[FileRow]:
     with _open_binary(path) as handle:
         raw = handle.read()
     _check_not_utf16(path, raw)
@@ -138,7 +141,7 @@ def _read_json(path: Path) -> list[FileRow]:
         data = data["data"]  # the {"data": [...]} layout some exporters write
     if not isinstance(data, list):
         raise DataFileError(f"{path}: expected a JSON array of objects (or JSON Lines in a .jsonl file)")
-    return [_as_row(f"{path}[{index}]", item) for index, item in enumerate(data)]
+    return [_as_row(f"{path}[{index}]", item, objects_only) for index, item in enumerate(data)]
 
 
 def _read_parquet(path: Path) -> list[FileRow]:
@@ -153,7 +156,7 @@ def _read_parquet(path: Path) -> list[FileRow]:
     return [_as_row(f"{path}[{index}]", item) for index, item in enumerate(table.to_pylist())]
 
 
-def _as_row(location: str, data: Any) -> FileRow:
-    if not isinstance(data, dict):
+def _as_row(location: str, data: Any, objects_only: bool = True) -> FileRow:
+    if objects_only and not isinstance(data, dict):
         return FileRow(location, None, f"expected a JSON object, got {type(data).__name__}")
     return FileRow(location, data)

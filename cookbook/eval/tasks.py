@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 from collections.abc import Callable
+from pathlib import Path
 
 from inspect_ai import Task
 
@@ -36,6 +37,24 @@ INSTALL_INSPECT_EVALS = "pip install inspect-evals, or pip install 'cookbook[ins
 
 class UnknownTaskError(UserError, ValueError):
     """A task name that is neither bundled nor resolvable by inspect."""
+
+
+def registration_problem() -> str | None:
+    """Why inspect does not know our tasks by their `cookbook/...` names, or None when it does.
+
+    inspect names a task after the distribution that ships its module. A second `cookbook` metadata
+    folder earlier on sys.path (an `cookbook.egg-info` an older editable install left in the current
+    directory) hides the installed one, and inspect then registers `ifeval` without its prefix, so
+    `inspect eval cookbook/ifeval` finds nothing."""
+    from inspect_ai._util.registry import registry_lookup
+
+    if registry_lookup("task", "cookbook/ifeval") is not None:
+        return None
+    found = [str(Path(getattr(d, "_path", "?")).resolve()) for d in importlib.metadata.distributions() if d.metadata["Name"] == "cookbook"]
+    return ("inspect does not know the cookbook tasks by name (cookbook/ifeval): the package metadata it reads is "
+            f"{found[0] if found else 'missing'}" + (f", which hides {', '.join(found[1:])}" if len(found) > 1 else "")
+            + ". Delete a stale cookbook.egg-info there (or reinstall with bash scripts/setup.sh); this command "
+            "still runs its tasks, but `inspect eval cookbook/...` would not find them.")
 
 
 def split_task_names(tasks: str) -> list[str]:
@@ -86,8 +105,6 @@ def canonical_task_name(name: str) -> str:
 def check_passthrough_task(name: str) -> None:
     """Raise UnknownTaskError unless `name` is a registered inspect task, an `hf/` task or a file
     that exists (looked up without building the task, so no data set is loaded twice)."""
-    from pathlib import Path
-
     from inspect_ai._eval.loader import parse_spec_str
     from inspect_ai._util.registry import registry_lookup
 

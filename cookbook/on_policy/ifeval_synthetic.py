@@ -1,7 +1,7 @@
 """`prompts=ifeval_synthetic` (the default): instruction-following prompts made up from a seed.
 
-Each prompt is a task of `synthetic_topics` (a writing request, or a yes/no question for the
-"answer with one of" instruction) plus one to three IFEval instructions, with their checkers'
+Each prompt is a task of `data/synthetic_topics.json` (a writing request, or a yes/no question for
+the "answer with one of" instruction) plus one to three IFEval instructions, with their checkers'
 arguments, so that `reward=ifeval` can score every reply by the fraction of instructions it follows.
 The same seed always gives the same prompts.
 
@@ -13,31 +13,40 @@ Why built this way:
   compatible with it;
 - instructions that conflict are never combined, and each is worded in several ways
   (`ifeval_instructions`), so the policy learns the rule rather than one sentence;
-- the tasks are not those of the bundled IFEval evaluation set, so the evaluation after each round
-  measures prompts the policy has not trained on.
+- the tasks, written for this project, stay off the topics of the bundled IFEval evaluation set
+  (`cookbook/eval/data/ifeval_prompts.jsonl`; a test checks no task repeats one of its requests), so
+  the evaluation after each round measures prompts the policy has not trained on.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import chz
 
-from cookbook.datasets.comparison import Skip
+from cookbook.datasets.builder import Skip
 from cookbook.on_policy.ifeval_instructions import PHRASINGS, conflict_table, draw_all, phrase
-from cookbook.on_policy.prompt import PromptItem
-from cookbook.on_policy.prompt_registry import register_prompt_source
-from cookbook.on_policy.prompt_source import PromptSource
-from cookbook.on_policy.synthetic_topics import QUESTIONS, TASKS
+from cookbook.on_policy.prompts import PROMPT_SOURCES, PromptItem, PromptSource
 
 MAX_INSTRUCTIONS = 5
+TOPICS_FILE = Path(__file__).parent / "data" / "synthetic_topics.json"
 REPEAT = "combination:repeat_prompt"
 YES_NO = "detectable_format:constrained_response"  # only a yes/no question fits it
 
 
-@register_prompt_source("ifeval_synthetic")
+def _read_topics() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(TASKS: open requests any instruction can be attached to, QUESTIONS: yes/no questions)."""
+    topics = json.loads(TOPICS_FILE.read_text(encoding="utf-8"))
+    return tuple(task for group in topics["tasks"].values() for task in group), tuple(topics["questions"])
+
+
+TASKS, QUESTIONS = _read_topics()
+
+
 @chz.chz
 class IFEvalSyntheticPrompts(PromptSource):
     """Made-up prompts with verifiable IFEval instructions (see the module docstring)."""
@@ -154,3 +163,6 @@ def _layout(rng: random.Random, task: str, sentences: list[str]) -> str:
     if layout == 1:
         return task + "\n\n" + "\n".join(sentences)
     return " ".join(sentences) + "\n\n" + task
+
+
+PROMPT_SOURCES.add({"ifeval_synthetic": IFEvalSyntheticPrompts})

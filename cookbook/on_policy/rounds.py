@@ -1,30 +1,270 @@
-"""`RoundStore`: each round's pairs and reference log-probs, made once and kept on disk.
+"""A round of on-policy training, from sampling to the pairs the loop trains on, and its schedule.
 
-Asked for round r (by the schedule, at the round's first step), it reads `rounds/<r>/samples.jsonl`
-when a previous attempt finished it, and otherwise samples the round's prompts with the policy as it
-is now (the round's start), scores the replies, picks the pairs, computes their reference log-probs
-over the very micro-batches training will use, and writes the round's files. So resuming after a
+A round: the round's prompts each get `samples_per_prompt` replies from the policy as it is now
+(`collect_round`), the reward scores them, and each prompt gets its best-versus-worst pair
+(`select_pair`: a pure function of the rewards, so a reader of `samples.jsonl` can redo it by hand;
+among equal rewards the earlier reply wins, sampling already made the order random). Under DDP or
+FSDP every rank samples and scores its share of the prompts and all ranks end with every record;
+the generator is seeded from (seed, round, rank), so a round sampled again after a crash gives the
+same replies from the same weights.
+
+What a round leaves on disk: `rounds/<n>/samples.jsonl`, one line per prompt, holding the prompt
+(messages and rendered tokens), every sampled reply (tokens, text, reward, whether it ended with a
+stop token), the pair chosen (or why none) and the pair's reference log-probs; so a user can read
+what the policy wrote and how it was scored, and a resumed run trains on exactly these pairs.
+`rounds/<n>/round.json` holds the round's summary metrics and the options the round was made with,
+so a fresh run can tell a round of its own from one an earlier attempt with other options left
+behind. Both are written to a temporary name and renamed, `samples.jsonl` last: a round whose
+`samples.jsonl` exists is complete, and a kill mid-round leaves nothing that resume would trust.
+
+`RoundStore`, asked for round r (by the schedule, at the round's first step), reads the round back
+when a previous attempt finished it, and otherwise samples it, computes the pairs' reference
+log-probs over the very micro-batches training will use, and writes its files. So resuming after a
 kill in the middle of sampling samples that round again from the same checkpoint and seed, and
 resuming in the middle of training trains on the pairs already written.
+
+`RoundSchedule` is the schedule the shared loop walks. Step s belongs to round s // steps_per_round;
+a round's pairs exist only once the policy has sampled them, so asking for the first batch of a
+round makes the store sample (or read back) that round: the loop needs no notion of rounds. Within
+a round, batches walk seeded permutations of the round's pairs, one after another, so a round with
+fewer pairs than batch slots cycles through them. A pair id carries its round: round *
+ROUND_STRIDE + index.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
 
 import torch
 
+from cookbook.datasets.tokenize import TokenizedPair, TokenizedSequence
 from cookbook.errors import UserError
-from cookbook.on_policy.collect import RoundSampling, collect_round
-from cookbook.on_policy.prompt import PromptItem
-from cookbook.on_policy.round_files import RoundData, read_round, round_dir, round_metrics, write_round
+from cookbook.on_policy.prompts import PromptItem
 from cookbook.preference import reference as ref
-from cookbook.preference.reference_setup import combine_ranks
+from cookbook.sampling import SamplingSettings, padding_token_id, sample
 from cookbook.training import checkpoint as ckpt
 from cookbook.training import distributed as dist_utils
 from cookbook.training.resume_config import ResumeConfigError, check_resume_config
+from cookbook.training.schedule import check_batch_sizes, epoch_order, rank_micro_batches
+
+PairSkip = Literal["tie", "small_gap"]
+
+
+@dataclass(frozen=True)
+class ChosenPair:
+    chosen: int  # index of the best reply
+    rejected: int  # index of the worst reply
+    gap: float  # reward(chosen) - reward(rejected) > 0
+
+
+def select_pair(rewards: list[float], min_reward_gap: float = 0.0) -> ChosenPair | PairSkip:
+    """Best versus worst of one prompt's replies, or why there is no pair: `tie` when every reply
+    has the same reward (nothing to learn from), `small_gap` when best - worst < min_reward_gap."""
+    if len(rewards) < 2:
+        raise ValueError(f"a pair needs at least 2 replies, got {len(rewards)}")
+    best = max(range(len(rewards)), key=lambda i: (rewards[i], -i))
+    worst = min(range(len(rewards)), key=lambda i: (rewards[i], i))
+    gap = rewards[best] - rewards[worst]
+    if gap <= 0:
+        return "tie"
+    if gap < min_reward_gap:
+        return "small_gap"
+    return ChosenPair(chosen=best, rejected=worst, gap=gap)
+
+
+ROUNDS_DIR = "rounds"
+
+
+SAMPLES_NAME = "samples.jsonl"
+
+
+SUMMARY_NAME = "round.json"
+
+
+@dataclass(frozen=True)
+class Reply:
+    tokens: list[int]  # sampled tokens, the stop token included when there was one
+    text: str  # the assistant message the renderer parses from them
+    reward: float
+    stopped: bool  # False: cut off at max_new_tokens
+
+
+@dataclass
+class PromptRecord:
+    key: str
+    messages: list[dict]
+    prompt_tokens: list[int]
+    replies: list[Reply]
+    pair: ChosenPair | None = None
+    skip: str | None = None  # why there is no pair: tie, small_gap
+    reference_logps: tuple[float, float] | None = None  # (chosen, rejected), set before training
+
+    def tokenized_pair(self) -> TokenizedPair:
+        """The pair as training tokens: prompt + reply, loss weight 1 on every sampled token."""
+        if self.pair is None:
+            raise ValueError(f"prompt {self.key!r} has no pair ({self.skip})")
+        prompt = self.prompt_tokens
+
+        def sequence(reply: Reply) -> TokenizedSequence:
+            return TokenizedSequence(prompt + reply.tokens, [0.0] * len(prompt) + [1.0] * len(reply.tokens))
+
+        chosen, rejected = self.replies[self.pair.chosen], self.replies[self.pair.rejected]
+        return TokenizedPair(sequence(chosen), sequence(rejected), prompt_length=len(prompt),
+                             truncated=not (chosen.stopped and rejected.stopped))
+
+    def as_json(self) -> dict:
+        return {
+            "key": self.key, "messages": self.messages, "prompt_tokens": self.prompt_tokens,
+            "replies": [{"text": r.text, "reward": r.reward, "stopped": r.stopped, "tokens": r.tokens}
+                        for r in self.replies],
+            "pair": None if self.pair is None else {"chosen": self.pair.chosen, "rejected": self.pair.rejected,
+                                                    "gap": self.pair.gap},
+            "skip": self.skip,
+            "reference_logps": None if self.reference_logps is None else list(self.reference_logps),
+        }
+
+    @classmethod
+    def from_json(cls, row: dict) -> PromptRecord:
+        pair = row["pair"]
+        return cls(
+            key=row["key"], messages=row["messages"], prompt_tokens=row["prompt_tokens"],
+            replies=[Reply(r["tokens"], r["text"], r["reward"], r["stopped"]) for r in row["replies"]],
+            pair=None if pair is None else ChosenPair(pair["chosen"], pair["rejected"], pair["gap"]),
+            skip=row["skip"],
+            reference_logps=None if row["reference_logps"] is None else tuple(row["reference_logps"]),
+        )
+
+
+@dataclass
+class RoundData:
+    """A complete round: every prompt's record, the summary metrics, the options it was made with."""
+
+    index: int
+    records: list[PromptRecord]
+    summary: dict[str, float] = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+
+    @property
+    def paired(self) -> list[PromptRecord]:
+        return [record for record in self.records if record.pair is not None]
+
+
+def round_dir(log_path: str | Path, index: int) -> Path:
+    return Path(log_path) / ROUNDS_DIR / f"{index:04d}"
+
+
+def write_round(log_path: str | Path, data: RoundData) -> Path:
+    """Write the round's files (summary first, samples last, each by rename); the samples path."""
+    directory = round_dir(log_path, data.index)
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_atomically(directory / SUMMARY_NAME,
+                      json.dumps({"summary": data.summary, "config": data.config}, indent=2, default=str) + "\n")
+    lines = "".join(json.dumps(record.as_json(), ensure_ascii=False) + "\n" for record in data.records)
+    return _write_atomically(directory / SAMPLES_NAME, lines)
+
+
+def read_round(log_path: str | Path, index: int) -> RoundData | None:
+    """The round as written, or None when its samples were never completely written."""
+    directory = round_dir(log_path, index)
+    samples = directory / SAMPLES_NAME
+    if not samples.exists():
+        return None
+    with open(samples, encoding="utf-8") as handle:
+        records = [PromptRecord.from_json(json.loads(line)) for line in handle if line.strip()]
+    summary_path = directory / SUMMARY_NAME
+    stored = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    return RoundData(index, records, stored.get("summary", {}), stored.get("config", {}))
+
+
+def _write_atomically(path: Path, text: str) -> Path:
+    staging = path.with_name(path.name + ".tmp")
+    with open(staging, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(staging, path)
+    return path
+
+
+def round_metrics(records: list[PromptRecord]) -> dict[str, float]:
+    """The round's sample metrics: reward mean over all replies, best and worst per prompt
+    averaged over prompts, the fraction of prompts that gave a pair, reply length in tokens."""
+    replies = [reply for record in records for reply in record.replies]
+    if not replies:
+        return {"samples/prompts": 0}
+    best = [max(r.reward for r in record.replies) for record in records]
+    worst = [min(r.reward for r in record.replies) for record in records]
+    return {
+        "samples/prompts": len(records),
+        "samples/reward_mean": sum(r.reward for r in replies) / len(replies),
+        "samples/reward_best": sum(best) / len(best),
+        "samples/reward_worst": sum(worst) / len(worst),
+        "samples/pair_fraction": sum(record.pair is not None for record in records) / len(records),
+        "samples/ties": sum(record.skip == "tie" for record in records),
+        "samples/reply_tokens": sum(len(r.tokens) for r in replies) / len(replies),
+        "samples/cut_off_fraction": sum(not r.stopped for r in replies) / len(replies),
+    }
+
+
+@dataclass(frozen=True)
+class RoundSampling:
+    """How a round samples: settings, replies per prompt, sampler batch, pair threshold."""
+
+    settings: SamplingSettings
+    samples_per_prompt: int
+    batch_size: int
+    min_reward_gap: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class SamplingStats:
+    generated_tokens: int  # over all ranks
+    seconds: float  # sampling wall time (the slowest rank)
+
+
+def collect_round(causal_lm, prompts: list[PromptItem], prompt_tokens: list[list[int]], renderer, scorer,
+                  sampling: RoundSampling, round_index: int, info: dist_utils.DistInfo,
+                  compute_context: Callable = contextlib.nullcontext,
+                  lockstep: Callable[[bool], bool] | None = None) -> tuple[list[PromptRecord], SamplingStats]:
+    """Every prompt's record (same order as `prompts`, on every rank) and the sampling stats."""
+    mine = list(range(info.rank, len(prompts), info.world_size))
+    repeat = sampling.samples_per_prompt
+    generator = torch.Generator().manual_seed(sampling.seed * 1_000_003 + round_index * 1_009 + info.rank)
+    filler = dist_utils.lockstep_filler(len(prompts), len(mine), info, lockstep)
+    stop_token_ids = list(renderer.get_stop_token_ids())
+    started = time.perf_counter()
+    completions = sample(
+        causal_lm, [prompt_tokens[i] for i in mine + [0] * filler for _ in range(repeat)], sampling.settings,
+        stop_token_ids=stop_token_ids, pad_token_id=padding_token_id(renderer.tokenizer, stop_token_ids),
+        batch_size=sampling.batch_size, generator=generator, compute_context=compute_context, lockstep=lockstep,
+    )
+    seconds = time.perf_counter() - started
+    completions = completions[: len(mine) * repeat]
+    texts = [str(renderer.parse_response(c.tokens).message["content"]) for c in completions]
+    rewards = scorer.score([prompts[i] for i in mine for _ in range(repeat)], texts)
+    records = []
+    for n, index in enumerate(mine):
+        span = range(n * repeat, (n + 1) * repeat)
+        replies = [Reply(completions[j].tokens, texts[j], float(rewards[j]), completions[j].stopped) for j in span]
+        choice = select_pair([reply.reward for reply in replies], sampling.min_reward_gap)
+        item = prompts[index]
+        records.append((index, PromptRecord(
+            key=item.key, messages=[dict(m) for m in item.messages], prompt_tokens=prompt_tokens[index],
+            replies=replies, pair=None if isinstance(choice, str) else choice,
+            skip=choice if isinstance(choice, str) else None)))
+    generated = sum(len(c.tokens) for c in completions)
+    gathered = dist_utils.all_gather_objects((records, generated, seconds), info)
+    ordered = sorted((pair for part, _, _ in gathered for pair in part), key=lambda pair: pair[0])
+    stats = SamplingStats(sum(part[1] for part in gathered), max(part[2] for part in gathered))
+    return [record for _, record in ordered], stats
 
 
 class NoUsablePairsError(UserError):
@@ -37,12 +277,12 @@ ReferenceForRound = Callable[[int], tuple[torch.nn.Module, Callable]]
 
 class RoundStore:
     def __init__(self, run, causal_lm, prompts: list[PromptItem], prompt_tokens: list[list[int]], renderer,
-                 scorer, how: RoundSampling, prompts_per_round: int, collate, reference: ReferenceForRound | None,
+                 scorer, sampling: RoundSampling, prompts_per_round: int, collate, reference: ReferenceForRound | None,
                  sampling_scope: Callable = contextlib.nullcontext,
                  sampling_context: Callable = contextlib.nullcontext,
                  lockstep: Callable[[bool], bool] | None = None):
         self.run, self.causal_lm, self.prompts, self.prompt_tokens = run, causal_lm, prompts, prompt_tokens
-        self.renderer, self.scorer, self.how, self.prompts_per_round = renderer, scorer, how, prompts_per_round
+        self.renderer, self.scorer, self.sampling, self.prompts_per_round = renderer, scorer, sampling, prompts_per_round
         self.collate, self.reference = collate, reference
         # Entered around all of a round's sampling (FSDP gathers the root's weights for it).
         # The precision sampling computes in (the training's autocast, entered once per batch).
@@ -100,14 +340,14 @@ class RoundStore:
         return self._make(round_index)
 
     def _make(self, round_index: int) -> RoundData:
-        run, how = self.run, self.how
+        run, sampling = self.run, self.sampling
         indices = self.round_prompts(round_index)
-        run.console.print(f"Round {round_index}: sampling {how.samples_per_prompt} replies to each of "
+        run.console.print(f"Round {round_index}: sampling {sampling.samples_per_prompt} replies to each of "
                           f"{len(indices)} prompts")
         with self.sampling_scope():
             records, stats = collect_round(
                 self.causal_lm, [self.prompts[i] for i in indices], [self.prompt_tokens[i] for i in indices],
-                self.renderer, self.scorer, how, round_index, run.info,
+                self.renderer, self.scorer, sampling, round_index, run.info,
                 compute_context=self.sampling_context, lockstep=self.lockstep)
         data = RoundData(round_index, records, config=run.config_dict())
         started = time.perf_counter()
@@ -144,7 +384,7 @@ class RoundStore:
             rows = ref.fill_reference_logps(model, pairs, batches, num_forwards, len(pairs), self.collate,
                                             info.device, info.is_main, desc=f"reference log-probs (round {data.index})")
         model.train(was_training)
-        table = combine_ranks(rows, info)
+        table = dist_utils.combine_ranks(rows, info)
         for record, (chosen, rejected) in zip(data.paired, table.tolist()):
             record.reference_logps = (chosen, rejected)
 
@@ -168,3 +408,74 @@ def same_meaning(stored: dict, new: dict) -> bool:
     except ResumeConfigError:
         return False
     return True
+
+
+ROUND_STRIDE = 1_000_000_000
+
+
+class RoundSource(Protocol):
+    def num_pairs(self, round_index: int, step: int) -> int:
+        """How many pairs round `round_index` has, sampling it first if needed (asked at `step`)."""
+
+
+def split_pair_id(pair_id: int) -> tuple[int, int]:
+    return divmod(pair_id, ROUND_STRIDE)
+
+
+@dataclass
+class RoundSchedule:
+    source: RoundSource
+    rounds: int
+    steps_per_round: int
+    batch_size: int  # global, over all ranks
+    micro_batch_size: int  # per rank and forward pass
+    max_steps: int | None
+    seed: int
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        check_batch_sizes(self.batch_size, self.micro_batch_size, self.world_size)
+
+    @property
+    def steps_per_epoch(self) -> int:  # the loop logs `epoch`: here, the round
+        return self.steps_per_round
+
+    @property
+    def total_steps(self) -> int:
+        total = self.rounds * self.steps_per_round
+        return total if self.max_steps is None else min(total, self.max_steps)
+
+    def round_of(self, step: int) -> int:
+        return step // self.steps_per_round
+
+    def global_batch(self, step: int) -> list[int]:
+        round_index, offset = divmod(step, self.steps_per_round)
+        local = round_batch(self.seed, round_index, self.source.num_pairs(round_index, step), self.batch_size, offset)
+        return [round_index * ROUND_STRIDE + i for i in local]
+
+    def micro_batches(self, step: int) -> list[list[int]]:
+        """This rank's micro-batches at `step`: every world_size-th pair of the global batch."""
+        return rank_micro_batches(self.global_batch(step), self.rank, self.world_size, self.micro_batch_size)
+
+    def round_micro_batches(self, round_index: int, num_pairs: int) -> list[list[int]]:
+        """This rank's micro-batches of every step of the round, as pair indices within the round."""
+        steps = range(round_index * self.steps_per_round,
+                      min((round_index + 1) * self.steps_per_round, self.total_steps))
+        offsets = [step - round_index * self.steps_per_round for step in steps]
+        return [ids for offset in offsets for ids in rank_micro_batches(
+            round_batch(self.seed, round_index, num_pairs, self.batch_size, offset),
+            self.rank, self.world_size, self.micro_batch_size)]
+
+
+def round_batch(seed: int, round_index: int, num_pairs: int, batch_size: int, offset: int) -> list[int]:
+    """Pair indices of the `offset`-th batch of a round: slots [offset*B, (offset+1)*B) of the round's
+    seeded permutations laid end to end."""
+    if num_pairs < 1:
+        raise ValueError(f"round {round_index} has no pairs")
+    start = offset * batch_size
+    ids = []
+    for slot in range(start, start + batch_size):
+        cycle, position = divmod(slot, num_pairs)
+        ids.append(epoch_order(seed * 7_919 + round_index, cycle, num_pairs)[position])
+    return ids

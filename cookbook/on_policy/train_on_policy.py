@@ -4,7 +4,12 @@
     now -> the reward scores every reply -> best versus worst per prompt -> steps_per_round
     preference steps on those pairs -> (IFEval on the bundled set) -> checkpoint
 
-`main(config)` runs it. Everything that is not on-policy's own — the optimizer, precision, LoRA,
+`Config` is what the command line fills in (the shared training and preference options, plus
+prompts, reward, rounds and sampling), `OnPolicyTask` the recipe's part of the loop (a micro-batch
+of pair ids, which carry their round, becomes the preference loss on that round's pairs against
+their stored reference log-probs; a round's first step also reports how its samples scored; the
+held-out eval is IFEval on the bundled set), and `main(config)` runs it. Everything that is not
+on-policy's own — the optimizer, precision, LoRA,
 accumulation, checkpoints, resume, DDP/FSDP2, metrics — is the shared loop's (`training/loop.py`):
 the recipe hands it a `RoundSchedule`, whose first batch of each round has the `RoundStore` sample
 the round, and an `OnPolicyTask`. The model being trained is the one that samples (no second copy);
@@ -14,24 +19,105 @@ with LoRA it samples through its adapters.
 from __future__ import annotations
 
 import contextlib
+import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
+
+import chz
+from torch import nn
 
 from cookbook.datasets.tokenize import MIN_COMPLETION_TOKENS
 from cookbook.errors import UserError
-from cookbook.on_policy.collect import RoundSampling
-from cookbook.on_policy.config import Config
-from cookbook.on_policy.ifeval_eval import bundled_ifeval_rows, ifeval_metrics
-from cookbook.on_policy.prompt import PromptItem
-from cookbook.on_policy.rounds import RoundStore
-from cookbook.on_policy.schedule import RoundSchedule
-from cookbook.on_policy.task import OnPolicyTask
-from cookbook.preference.collate import make_collate
-from cookbook.preference.logprobs import SequenceLogprobModel
+from cookbook.eval.ifeval import bundled_ifeval_rows, ifeval_metrics
+from cookbook.on_policy.ifeval_synthetic import IFEvalSyntheticPrompts
+from cookbook.on_policy.prompts import PROMPT_SOURCES, PromptItem, PromptSource
+from cookbook.on_policy.rewards import REWARDS, IFEvalReward, Reward
+from cookbook.on_policy.rounds import RoundSampling, RoundSchedule, RoundStore, split_pair_id
+from cookbook.preference import reference as ref
+from cookbook.preference.batching import make_collate
+from cookbook.preference.step import LossSettings, PreferenceConfig, pair_micro_batch, pair_step_metrics
 from cookbook.sampling import SamplingSettings
 from cookbook.training import distributed as dist_utils
-from cookbook.training.loop import Run, run_recipe
+from cookbook.training.logprobs import SequenceLogprobModel
+from cookbook.training.loop import MicroBatchOutput, Run, run_recipe
 
-__all__ = ["Config", "main"]
+__all__ = ["Config", "OnPolicyTask", "main"]
+
+
+ReferenceChoice = Literal["round_start", "initial"]
+
+
+REFERENCE_CHOICES = ("round_start", "initial")
+
+
+def _every_round(config: Config, value: int | None) -> int:
+    return config.steps_per_round if value is None else value
+
+
+@chz.chz
+class Config(PreferenceConfig):
+    log_path: str = chz.field(default="runs/on-policy", doc="Directory for config.json, metrics.jsonl, "
+                              "rounds/<n>/samples.jsonl, checkpoints")
+    prompts: PromptSource = chz.field(
+        default_factory=IFEvalSyntheticPrompts, meta_factory=PROMPT_SOURCES.meta_factory(),
+        doc="Prompts to sample on: ifeval_synthetic, file (a JSONL, or give the path), prompts:<preference data "
+            "set> (e.g. prompts:hhh) or module:Class",
+    )
+    reward: Reward = chz.field(
+        default_factory=IFEvalReward, meta_factory=REWARDS.meta_factory(),
+        doc="Scores each reply: ifeval (fraction of the prompt's instructions followed), reward_model "
+            "(reward.model_name=...), module:Class or module:function",
+    )
+    rounds: int = chz.field(default=2, doc="Rounds of sample -> score -> pair -> train")
+    prompts_per_round: int = chz.field(default=64, doc="Prompts sampled each round (the next ones each round, "
+                                       "wrapping around the prompt list)")
+    samples_per_prompt: int = chz.field(default=4, doc="Replies sampled per prompt; its best and worst make a pair")
+    steps_per_round: int = chz.field(default=4, doc="Optimizer steps on each round's pairs (cycling through them)")
+    min_reward_gap: float = chz.field(default=0.0, doc="Skip a prompt whose best and worst rewards differ by less "
+                                      "(all-equal rewards are always skipped)")
+    reference: ReferenceChoice = chz.field(
+        default="round_start", doc="round_start: the model the round starts from; initial: the starting model"
+    )
+    temperature: float = chz.field(default=0.7, doc="Sampling temperature (> 0)")
+    top_p: float = chz.field(default=1.0, doc="Nucleus sampling: keep the smallest set of tokens with this mass")
+    max_new_tokens: int = chz.field(default=256, doc="Most tokens per sampled reply")
+    sampling_batch_size: int = chz.field(default=32, doc="Sequences decoded together when sampling")
+    sample_in_compute_precision: bool = chz.field(
+        default=True, doc="Sample under the training's autocast (bf16 with precision=bf16-mixed) instead of fp32: "
+                          "about 2x the decoding speed on a CPU with native bf16 (full fine-tuning; a LoRA run "
+                          "samples in fp32 either way)")
+    eval_ifeval: bool = chz.field(default=False, doc="IFEval on the bundled set (greedy, as `run_inspect_evals "
+                                  "tasks=cookbook/ifeval` scores it) at the start, the end and every eval_every "
+                                  "steps, logged as test/ifeval_*")
+    eval_max_new_tokens: int = chz.field(default=512, doc="Most tokens of an IFEval reply (run_inspect_evals' "
+                                         "max_tokens, whose default is 512)")
+    eval_every: int = chz.field(default=0, doc="IFEval every N steps too (0: at the start and the end only; "
+                                "steps_per_round: after every round)")
+    save_every: int = chz.field(default=None, munger=_every_round, x_type=int | None,
+                                doc="Resumable checkpoint every N steps (default: steps_per_round, every round)")
+    learning_rate: float = chz.field(default=3e-5, doc="Peak AdamW learning rate")
+    batch_size: int = chz.field(default=16, doc="Pairs per optimizer step, over all ranks")
+
+    @chz.validate
+    def _check_on_policy_values(self) -> None:
+        for name in ("rounds", "prompts_per_round", "steps_per_round", "max_new_tokens", "sampling_batch_size",
+                     "eval_max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.samples_per_prompt < 2:
+            raise ValueError(f"samples_per_prompt must be >= 2 (a pair needs two replies), got {self.samples_per_prompt}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not (math.isfinite(self.min_reward_gap) and self.min_reward_gap >= 0):
+            raise ValueError(f"min_reward_gap must be a finite number >= 0, got {self.min_reward_gap}")
+        if self.reference not in REFERENCE_CHOICES:
+            raise ValueError(f"reference={self.reference!r} is not one of {', '.join(REFERENCE_CHOICES)}")
+        if self.num_epochs != 1:
+            raise ValueError("num_epochs does not apply to on-policy training: each round trains steps_per_round "
+                             "steps on its own pairs (set steps_per_round)")
 
 
 def main(config: Config) -> Path | None:
@@ -58,9 +144,9 @@ def _train(config: Config, run: Run) -> Path | None:
     # frozen, it would re-cast every weight at every decode step, slower than fp32.
     sampling_context = (run.plan.autocast if config.sample_in_compute_precision and run.lora is None
                         else contextlib.nullcontext)
-    how = RoundSampling(SamplingSettings(config.max_new_tokens, config.temperature, config.top_p),
+    sampling = RoundSampling(SamplingSettings(config.max_new_tokens, config.temperature, config.top_p),
                         config.samples_per_prompt, config.sampling_batch_size, config.min_reward_gap, config.seed)
-    store = RoundStore(run, causal_lm, prompts, prompt_tokens, renderer, scorer, how, config.prompts_per_round,
+    store = RoundStore(run, causal_lm, prompts, prompt_tokens, renderer, scorer, sampling, config.prompts_per_round,
                        layout.collate, _reference_for_round(config, run, policy, start_name)
                        if config.loss_settings.needs_reference else None, sampling_scope, sampling_context, lockstep)
     try:
@@ -123,3 +209,27 @@ def _reference_for_round(config: Config, run: Run, policy, start_name: str):
         return frozen["model"], contextlib.nullcontext
 
     return reference_for_round
+
+
+class OnPolicyTask:
+    def __init__(self, store: RoundStore, settings: LossSettings, device, evaluate: Callable[[], dict] | None):
+        self.store, self.settings, self.device, self._evaluate = store, settings, device, evaluate
+
+    def loss_denominator(self, global_ids: Sequence[int]) -> float:
+        return float(len(global_ids))
+
+    def forward(self, model: nn.Module, ids: list[int]) -> MicroBatchOutput:
+        rounds, local = zip(*(split_pair_id(i) for i in ids))
+        if len(set(rounds)) != 1:
+            raise ValueError(f"a micro-batch mixes rounds {sorted(set(rounds))}")
+        data = self.store.round(rounds[0])
+        pairs = [data.paired[i].tokenized_pair() for i in local]
+        batch = self.store.collate(pairs, list(local)).to(self.device)
+        reference = ref.TableReference(self.store.tables[rounds[0]]) if self.settings.needs_reference else None
+        return pair_micro_batch(model, batch, self.settings, reference)
+
+    def step_metrics(self, sums: dict[str, float], denominator: float) -> dict[str, float]:
+        return {**self.store.round_summary(), **pair_step_metrics(sums)}
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return self._evaluate() if self._evaluate is not None else {}

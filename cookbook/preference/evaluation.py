@@ -10,16 +10,9 @@ from torch import nn
 from cookbook.preference.batching import PairBatch
 from cookbook.preference.step import LossSettings, preference_forward
 from cookbook.training.distributed import DistInfo, all_reduce_sum
+from cookbook.training.schedule import eval_batches
 
 EVAL_KEYS = ("loss", "accuracy", "logp_accuracy", "margin", "chosen_reward", "rejected_reward", "nll")
-
-
-def eval_batches(num_pairs: int, micro_batch_size: int, rank: int, world_size: int) -> list[list[int]]:
-    """This rank's eval micro-batches. Every rank gets the same number (possibly ending with an
-    empty one): FSDP gathers weights collectively, so all ranks must run the same forwards."""
-    my_ids = list(range(rank, num_pairs, world_size))
-    num_batches = -(-num_pairs // (micro_batch_size * world_size))
-    return [my_ids[i * micro_batch_size : (i + 1) * micro_batch_size] for i in range(num_batches)]
 
 
 @torch.no_grad()

@@ -1,19 +1,26 @@
-"""One micro-batch of preference training: policy (and reference) log-probs, loss, metric sums.
+"""One micro-batch of preference training: policy (and reference) log-probs, loss, metric sums; and
+the options every preference recipe (offline DPO, on-policy) shares, so `loss_type=`, `dpo_beta=` or
+`layout=` mean the same in each.
 
 Returns sums rather than means so that gradient accumulation and data parallelism can divide by
 the global number of pairs once, and a step means the same thing at any micro-batch size or world
-size.
+size: `pair_micro_batch` is what a recipe's task hands the shared loop, `pair_step_metrics` turns
+the sums over micro-batches and ranks into the step's means.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import chz
 import torch
 from torch import Tensor, nn
 
-from cookbook.preference.batching import PairBatch
-from cookbook.preference.losses import REFERENCE_FREE, LossType, PreferenceLogps, preference_loss
+from cookbook.preference.batching import Layout, PairBatch
+from cookbook.preference.losses import LOSS_TYPES, REFERENCE_FREE, LossType, PreferenceLogps, preference_loss
+from cookbook.training.config import TrainingConfig
+from cookbook.training.loop import MicroBatchOutput
 
 
 @dataclass(frozen=True)
@@ -118,3 +125,48 @@ def preference_forward(
         num_real_tokens=batch.num_real_tokens,
         num_loss_tokens=num_loss_tokens,
     )
+
+
+def pair_micro_batch(model: nn.Module, batch, settings: LossSettings, reference) -> MicroBatchOutput:
+    """A collated micro-batch of pairs -> its summed preference loss and metric sums, for the loop."""
+    reference_logps = reference(batch) if reference else None
+    result = preference_forward(model, batch, settings, reference_logps)
+    sums = {**result.metric_sums, "num_pairs": result.num_pairs, "num_tokens": result.num_real_tokens,
+            "num_slots": batch.num_slots}
+    return MicroBatchOutput(result.loss_sum, sums)
+
+
+def pair_step_metrics(sums: dict[str, float]) -> dict[str, float]:
+    """A step's preference metrics (means over its pairs) from sums over micro-batches and ranks."""
+    num_pairs = max(sums["num_pairs"], 1)
+    metrics = {key: sums[key] / num_pairs for key in
+               ("accuracy", "margin", "chosen_reward", "rejected_reward", "logp_accuracy", "nll")}
+    return {"dpo_loss": sums["loss"] / num_pairs, **metrics, "num_pairs": int(sums["num_pairs"])}
+
+
+@chz.chz
+class PreferenceConfig(TrainingConfig):
+    dpo_beta: float = chz.field(default=0.1, doc="beta: strength of the KL anchor to the reference (> 0)")
+    loss_type: LossType = chz.field(default="dpo", doc="dpo, ipo, hinge, simpo (reference-free) or orpo")
+    label_smoothing: float = chz.field(default=0.0, doc="Conservative/robust DPO: assumed label noise in [0, 0.5)")
+    simpo_gamma: float = chz.field(default=0.5, doc="SimPO target reward margin")
+    nll_weight: float = chz.field(default=0.0, doc="Weight of the chosen-completion NLL added to the loss (RPO)")
+    layout: Layout = chz.field(
+        default="auto", doc="Batch layout: auto, padded, packed (no padding) or prefix_shared (prompt run once)"
+    )
+
+    @chz.validate
+    def _check_preference_values(self) -> None:
+        if not (math.isfinite(self.dpo_beta) and self.dpo_beta > 0):
+            raise ValueError(f"dpo_beta must be a finite number > 0, got {self.dpo_beta}")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        for name in ("nll_weight", "simpo_gamma"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type={self.loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
+
+    @property
+    def loss_settings(self) -> LossSettings:
+        return LossSettings(self.loss_type, self.dpo_beta, self.label_smoothing, self.simpo_gamma, self.nll_weight)

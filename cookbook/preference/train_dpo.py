@@ -20,19 +20,17 @@ from pathlib import Path
 import chz
 from torch import nn
 
-from cookbook.datasets import DemoBuilder, DPODatasetBuilder, dataset_meta_factory, load_preference_data
-from cookbook.preference.collate import make_collate
+from cookbook.datasets.preference import PREFERENCE_DATASETS, DemoBuilder, DPODatasetBuilder
+from cookbook.datasets.tokenize import load_preference_data
+from cookbook.preference.batching import make_collate
 from cookbook.preference.evaluation import evaluate_pairs
-from cookbook.preference.logprobs import SequenceLogprobModel
-from cookbook.preference.options import PreferenceConfig
-from cookbook.preference.reference import model_fingerprint
-from cookbook.preference.reference_setup import prepare_reference
-from cookbook.preference.step import LossSettings, preference_forward
-from cookbook.training.config import config_as_dict
+from cookbook.preference.reference import model_fingerprint, prepare_reference
+from cookbook.preference.step import PreferenceConfig, pair_micro_batch, pair_step_metrics
 from cookbook.training.display import print_pair
+from cookbook.training.logprobs import SequenceLogprobModel
 from cookbook.training.loop import MicroBatchOutput, Run, run_recipe
 
-__all__ = ["Config", "PreferenceTask", "config_as_dict", "main", "pair_micro_batch", "pair_step_metrics"]
+__all__ = ["Config", "PreferenceTask", "main"]
 
 
 @chz.chz
@@ -40,7 +38,7 @@ class Config(PreferenceConfig):
     log_path: str = chz.field(default="runs/dpo", doc="Directory for config.json, metrics.jsonl, checkpoints")
     dataset: DPODatasetBuilder = chz.field(
         default_factory=DemoBuilder,
-        meta_factory=dataset_meta_factory(),
+        meta_factory=PREFERENCE_DATASETS.meta_factory(),
         doc="Preference data: a registered name (demo, hhh, helpsteer3, ultrafeedback, file) or module:Class",
     )
     reference_model_name: str | None = chz.field(
@@ -106,18 +104,3 @@ class PreferenceTask:
                               self.config.loss_settings, self.test_reference, self.run.info)
 
 
-def pair_micro_batch(model: nn.Module, batch, settings: LossSettings, reference) -> MicroBatchOutput:
-    """A collated micro-batch of pairs -> its summed preference loss and metric sums, for the loop."""
-    reference_logps = reference(batch) if reference else None
-    result = preference_forward(model, batch, settings, reference_logps)
-    sums = {**result.metric_sums, "num_pairs": result.num_pairs, "num_tokens": result.num_real_tokens,
-            "num_slots": batch.num_slots}
-    return MicroBatchOutput(result.loss_sum, sums)
-
-
-def pair_step_metrics(sums: dict[str, float]) -> dict[str, float]:
-    """A step's preference metrics (means over its pairs) from sums over micro-batches and ranks."""
-    num_pairs = max(sums["num_pairs"], 1)
-    metrics = {key: sums[key] / num_pairs for key in
-               ("accuracy", "margin", "chosen_reward", "rejected_reward", "logp_accuracy", "nll")}
-    return {"dpo_loss": sums["loss"] / num_pairs, **metrics, "num_pairs": int(sums["num_pairs"])}

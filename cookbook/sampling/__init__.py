@@ -1,13 +1,12 @@
 """Sampling completions from our models: one batched decode loop with a KV cache, shared by the
-inspect-ai eval provider (`cookbook/eval/generation.py`) and on-policy preference training.
+inspect-ai eval provider (`cookbook/eval/provider.py`) and on-policy preference training.
 
     from cookbook.sampling import SamplingSettings, sample
 
 - `sampler.py`: `sample(model, prompts, settings, ...)`, batching, model mode, seeding;
-- `decode.py`: prefill and decode of one batch (why our own loop instead of `model.generate`);
-- `kv_cache.py`: the cache, allocated once per batch and compacted as rows finish;
-- `token_choice.py`: greedy / temperature / top-k / top-p as pure tensor functions;
-- `stops.py`: stop tokens, stop strings and the token budget.
+- `decode.py`: prefill and decode of one batch (why our own loop instead of `model.generate`), its
+  key/value cache (allocated once per batch, compacted as rows finish) and its stop rule;
+- `token_choice.py`: greedy / temperature / top-k / top-p as pure tensor functions.
 """
 
 from cookbook.sampling.sampler import Completion, SamplingSettings, padding_token_id, sample

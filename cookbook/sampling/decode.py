@@ -9,7 +9,9 @@ make the matmuls cheaper, so this one removes the rest and otherwise stays out o
 
 - prompts are left-padded so every row's next token sits in the same column; the mask and the
   position ids are built once (a pad query attends to itself only, so no softmax row is empty);
-- the key/value cache is allocated once and written in place (`kv_cache.py`);
+- the key/value cache is allocated once and written in place (`PreallocatedCache` below:
+  transformers' `DynamicCache` grows by `torch.cat`, O(t) bytes a step and O(t^2) over a
+  completion);
 - the LM head runs on the last position only (`logits_to_keep=1`), never on the prompt;
 - finished rows leave the batch (the cache is compacted when a row ends);
 - the compute context (the training precision's autocast) is entered once per batch, not per
@@ -18,19 +20,21 @@ make the matmuls cheaper, so this one removes the rest and otherwise stays out o
 The model sees explicit position ids and a 4D boolean mask [rows, 1, queries, keys]; transformers
 uses a 4D mask as given, so this works for any decoder whose attention is plain causal attention
 (Llama, Mistral, Qwen2/3, SmolLM; not sliding-window or hybrid-attention models).
+
+A row ends at a stop token, a stop string or the token budget (`StopRule`).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
 
-from cookbook.sampling.kv_cache import PreallocatedCache
-from cookbook.sampling.stops import StopRule
 from cookbook.sampling.token_choice import choose_tokens
 
 
@@ -191,3 +195,106 @@ def decode_batch(
             else:
                 idle_forward(model, pad_token_id)
     return progress.completions()
+
+
+class StopRule:
+    """Decides after each new token whether a row is done.
+
+    Stop strings are found by decoding the row's last few generated tokens with the tokenizer (only
+    when stop strings are given: decoding costs tens of microseconds a row and step). Every token
+    decodes to at least one character, so the last `longest stop string` tokens hold any stop
+    string that the newest token completed; the prompt is never searched.
+    """
+
+    def __init__(
+        self,
+        stop_token_ids: Sequence[int],
+        max_new_tokens: int,
+        stop_strings: Sequence[str] | None = None,
+        tokenizer=None,
+    ) -> None:
+        self.stop_token_ids = frozenset(stop_token_ids)
+        self.max_new_tokens = max_new_tokens
+        self.stop_strings = tuple(s for s in stop_strings or () if s)
+        if self.stop_strings and tokenizer is None:
+            raise ValueError("stop_strings need the tokenizer to decode completions")
+        self.tokenizer = tokenizer
+        self.tail_tokens = max((len(s) for s in self.stop_strings), default=0)
+
+    def stopped(self, tokens: list[int]) -> bool:
+        """True when `tokens` (a row's completion so far) ends with a stop token or stop string."""
+        if tokens[-1] in self.stop_token_ids:
+            return True
+        if not self.stop_strings:
+            return False
+        tail = self.tokenizer.decode(tokens[-self.tail_tokens :], skip_special_tokens=False)
+        return any(stop in tail for stop in self.stop_strings)
+
+    def finished(self, tokens: list[int]) -> tuple[bool, bool]:
+        """(done, stopped): done when stopped or the budget is spent."""
+        stopped = self.stopped(tokens)
+        return stopped or len(tokens) >= self.max_new_tokens, stopped
+
+
+class PreallocatedLayer(CacheLayerMixin):
+    """One layer's keys and values; columns [0, length) are filled."""
+
+    is_sliding = False
+    is_compileable = False
+
+    def __init__(self, capacity: int, **kwargs) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        rows, heads, _, _ = key_states.shape
+        self.keys = key_states.new_empty((rows, heads, self.capacity, key_states.shape[-1]))
+        self.values = value_states.new_empty((rows, heads, self.capacity, value_states.shape[-1]))
+        self.device = key_states.device
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        start, stop = self.length, self.length + key_states.shape[-2]
+        if stop > self.capacity:
+            raise RuntimeError(f"KV cache holds {self.capacity} positions; a step asked for {stop}")
+        self.keys[:, :, start:stop] = key_states
+        self.values[:, :, start:stop] = value_states
+        self.length = stop
+        return self.keys[:, :, :stop], self.values[:, :, :stop]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return self.capacity
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            # Only the filled columns are worth copying; the rest is rewritten before it is read.
+            filled = self.length
+            self.keys = _compact(self.keys, indices, filled)
+            self.values = _compact(self.values, indices, filled)
+
+
+def _compact(buffer: torch.Tensor, rows: torch.Tensor, filled: int) -> torch.Tensor:
+    out = buffer.new_empty((len(rows), *buffer.shape[1:]))
+    out[:, :, :filled] = buffer[rows, :, :filled]
+    return out
+
+
+class PreallocatedCache(Cache):
+    """A cache whose layers are `PreallocatedLayer`s of `capacity` positions, created on first use."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(layer_class_to_replicate=functools.partial(PreallocatedLayer, capacity))
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only `rows` (indices into the current rows), in that order."""
+        for layer in self.layers:
+            layer.batch_select_indices(rows)

@@ -35,8 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cookbook.sampling.decode import Completion, decode_batch
-from cookbook.sampling.stops import StopRule
+from cookbook.sampling.decode import Completion, StopRule, decode_batch
 
 __all__ = ["Completion", "SamplingSettings", "sample"]
 

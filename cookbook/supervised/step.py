@@ -1,5 +1,5 @@
 """One micro-batch of supervised training: the summed token NLL, the counts to normalise it, and
-metric sums.
+metric sums; and the held-out NLL (`evaluate_supervised`), the same measure without gradients.
 
 The loss of a step is the mean NLL over the trained tokens of the whole global batch (all
 micro-batches on all ranks):
@@ -20,13 +20,16 @@ the data, so every rank computes the same value without a collective.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from cookbook.supervised.collate import SupervisedBatch
+from cookbook.supervised.batching import SupervisedBatch
+from cookbook.training.distributed import DistInfo, all_reduce_sum
+from cookbook.training.schedule import eval_batches
 
 
 @dataclass
@@ -83,4 +86,44 @@ def step_metrics(sums: Mapping[str, float], denominator: float) -> dict[str, flo
         "sequence_nll": sums["sequence_nll"] / max(sums["num_sequences"], 1),
         "num_sequences": int(sums["num_sequences"]),
         "num_trained_tokens": int(round(sums["num_trained_tokens"])),
+    }
+
+
+# exp() of more than this overflows a float; such a perplexity is reported as inf.
+MAX_LOG_PERPLEXITY = 700.0
+
+
+@torch.no_grad()
+def evaluate_supervised(
+    model: nn.Module,
+    sequences: Sequence,
+    collate: Callable[[Sequence, Sequence[int]], SupervisedBatch],
+    micro_batch_size: int,
+    info: DistInfo,
+    prefix: str = "test/",
+) -> dict[str, float]:
+    """NLL per trained token over all `sequences` (each rank scores every world_size-th; the sums
+    are combined over ranks, so the result is the same at any world size).
+
+    Keys: test/nll (sum of -w_t log p over all trained tokens / sum of w_t, as the training loss),
+    test/ppl = exp(test/nll), test/num_trained_tokens.
+    """
+    was_training = model.training
+    model.eval()
+    nll_sum, trained = 0.0, 0.0
+    for ids in eval_batches(len(sequences), micro_batch_size, info.rank, info.world_size):
+        real = bool(ids)
+        ids = ids or [0]  # a padding batch keeps FSDP's collectives in step; its numbers are discarded
+        batch = collate([sequences[i] for i in ids], ids).to(info.device)
+        result = sft_forward(model, batch)
+        if real:
+            nll_sum += result.metric_sums["loss"]
+            trained += result.num_trained_tokens
+    nll_total, trained_total = all_reduce_sum([nll_sum, trained], info)
+    model.train(was_training)
+    nll = nll_total / max(trained_total, 1e-12)
+    return {
+        f"{prefix}nll": nll,
+        f"{prefix}ppl": math.exp(nll) if nll < MAX_LOG_PERPLEXITY else math.inf,
+        f"{prefix}num_trained_tokens": trained_total,
     }

@@ -14,35 +14,32 @@ so it means the same at any micro-batch or world size, and equals the held-out `
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import chz
+from torch import nn
 
-from cookbook.preference.logprobs import SequenceLogprobModel
+from cookbook.datasets.summary import print_supervised_example
+from cookbook.datasets.supervised import SUPERVISED_DATASETS, SupervisedDatasetBuilder
+from cookbook.datasets.tokenize import SupervisedData, load_supervised_data
 from cookbook.renderers.base import TrainOn
-from cookbook.supervised import (
-    DEFAULT_SUPERVISED_DATASET,
-    SupervisedDatasetBuilder,
-    SupervisedLayout,
-    SupervisedTask,
-    load_supervised_data,
-    make_supervised_collate,
-    print_supervised_example,
-    resolve_supervised_builder,
-    supervised_dataset_meta_factory,
-)
+from cookbook.supervised.batching import SupervisedBatch, SupervisedLayout, make_supervised_collate
+from cookbook.supervised.step import evaluate_supervised, sft_forward, step_metrics, trained_token_count
 from cookbook.training.config import TrainingConfig
-from cookbook.training.loop import Run, run_recipe
+from cookbook.training.distributed import DistInfo
+from cookbook.training.logprobs import SequenceLogprobModel
+from cookbook.training.loop import MicroBatchOutput, Run, run_recipe
 
-__all__ = ["Config", "main"]
+__all__ = ["Config", "SupervisedTask", "main"]
 
 
 @chz.chz
 class Config(TrainingConfig):
     log_path: str = chz.field(default="runs/sft", doc="Directory for config.json, metrics.jsonl, checkpoints")
     dataset: SupervisedDatasetBuilder = chz.field(
-        default_factory=resolve_supervised_builder(DEFAULT_SUPERVISED_DATASET),
-        meta_factory=supervised_dataset_meta_factory(),
+        default_factory=SUPERVISED_DATASETS.resolve(SUPERVISED_DATASETS.default),
+        meta_factory=SUPERVISED_DATASETS.meta_factory(),
         doc="SFT data: chosen:<preference set> (e.g. chosen:demo, chosen:hhh), no_robots, file, "
             "a .jsonl/.json/.parquet path, or module:Class",
     )
@@ -76,3 +73,27 @@ def _train(config: Config, run: Run) -> Path | None:
     metadata = {"renderer_name": run.renderer_name, "base_model_name": start_name}
     return run.train(policy, causal_lm, task, schedule, tokenizer, metadata,
                      start_metrics=data.summary.as_metrics())
+
+
+class SupervisedTask:
+    """Sequences -> mean NLL per trained token of the global batch, for the shared loop."""
+
+    def __init__(self, data: SupervisedData, collate: Callable[[Sequence, Sequence[int]], SupervisedBatch],
+                 micro_batch_size: int, info: DistInfo):
+        self.data, self.collate, self.micro_batch_size, self.info = data, collate, micro_batch_size, info
+
+    def loss_denominator(self, global_ids: Sequence[int]) -> float:
+        return trained_token_count(self.data.train, global_ids)
+
+    def forward(self, model: nn.Module, ids: list[int]) -> MicroBatchOutput:
+        batch = self.collate([self.data.train[i] for i in ids], ids).to(self.info.device)
+        result = sft_forward(model, batch)
+        return MicroBatchOutput(result.nll_sum, result.metric_sums)
+
+    def step_metrics(self, sums: dict[str, float], denominator: float) -> dict[str, float]:
+        return step_metrics(sums, denominator)
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        if not self.data.test:
+            return {}
+        return evaluate_supervised(model, self.data.test, self.collate, self.micro_batch_size, self.info)

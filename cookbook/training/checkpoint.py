@@ -4,8 +4,8 @@ A checkpoint `step_000040/` (or `final/`) is a `save_pretrained` directory (safe
 tokenizer) that transformers and our eval load directly, plus `cookbook_checkpoint.json` (renderer,
 base model, step) and, for resumable checkpoints, `training_state.pt` (optimizer, scheduler, RNG,
 data position). A LoRA run's checkpoint holds a peft adapter (`adapter_config.json`,
-`adapter_model.safetensors`) in place of the weights (see `lora.py`). It is written under a hidden staging name (`.step_000040.tmp-*`) and renamed into
-place, and only then listed in checkpoints.jsonl, so a crash mid-write never leaves a checkpoint
+`adapter_model.safetensors`) in place of the weights (see `lora.py`). It is written under a hidden
+staging name (`.step_000040.tmp-*`) and renamed into place, and only then listed in checkpoints.jsonl, so a crash mid-write never leaves a checkpoint
 that resume would pick; `clean_stale_staging` removes what such a crash left. Only the newest
 checkpoint keeps its optimizer state (it is twice the model's size), and `prune_checkpoints` keeps
 the newest few.
@@ -14,11 +14,15 @@ checkpoints.jsonl is rewritten whole (through a temporary file) on every change,
 never tear it; a torn last line (a crash of an older writer, a copy cut short) is ignored when read,
 and a bad line anywhere else stops with its file and line. `training_state.pt` is loaded with
 `weights_only=True`: a file planted in a shared log_path cannot run code on resume.
+
+`CheckpointWriter` gathers the full weights (under FSDP) and optimizer state on rank 0 and writes
+them; with LoRA `final/` also holds `merged/`, the full model with the adapters merged in.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import pickle
 import random
@@ -29,12 +33,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from cookbook.errors import UserError
-from cookbook.training.lora import ADAPTER_CONFIG_NAME
+from cookbook.models import (
+    ADAPTER_CONFIG_NAME,
+    METADATA_NAME,
+    load_model_and_tokenizer,
+    read_checkpoint_metadata,
+)
+from cookbook.training import distributed as dist_utils
+from cookbook.training import lora
+from cookbook.training.precision import CompensatedAdamW
 
 INDEX_NAME = "checkpoints.jsonl"
-METADATA_NAME = "cookbook_checkpoint.json"
 TRAINING_STATE_NAME = "training_state.pt"
 STEP_NAME = re.compile(r"step_(\d+)")
 STAGING_NAME = re.compile(r"\.(step_\d+|final)\.tmp-.+")
@@ -261,11 +273,6 @@ def prune_checkpoints(log_path: str | Path, keep: int | None) -> list[str]:
     return doomed
 
 
-def read_metadata(checkpoint_dir: str | Path) -> dict:
-    path = Path(checkpoint_dir) / METADATA_NAME
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 def capture_rng_state() -> dict:
     """Python's and torch's RNG states; all tensors, ints and tuples, so they load with weights_only."""
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
@@ -286,4 +293,80 @@ def restore_rng_state(state: dict) -> None:
 def read_metadata_renderer(model_name: str) -> str | None:
     """The renderer a training checkpoint recorded, when `model_name` is one of ours."""
     path = Path(model_name)
-    return read_metadata(path).get("renderer_name") if path.is_dir() else None
+    return read_checkpoint_metadata(path).get("renderer_name") if path.is_dir() else None
+
+
+class CheckpointWriter:
+    """Gathers the full weights (and optimizer state) on rank 0 and writes a checkpoint atomically.
+
+    The weights written are the fp32 masters (in bf16-true: each bf16 weight plus its compensation,
+    i.e. the value the optimizer is tracking), so a checkpoint never rounds the training away."""
+
+    def __init__(self, run, policy, causal_lm, optimizer, scheduler, scaler, tokenizer, metadata: dict,
+                 save_prefix: str, keep_last: int | None):
+        self.run, self.policy, self.optimizer, self.scheduler, self.scaler = run, policy, optimizer, scheduler, scaler
+        self.causal_lm, self.tokenizer, self.metadata, self.save_prefix = causal_lm, tokenizer, metadata, save_prefix
+        self.keep_last = keep_last
+        if run.lora is not None:
+            self.metadata = {**metadata, "lora": run.lora.summary()}
+
+    def save(self, name: str, step: int, resumable: bool, export_dtype: str = "float32") -> Path | None:
+        info = self.run.info
+        adapters = self.run.lora
+        if adapters is not None:
+            model_state = adapters.adapter_state(dist_utils.unwrap(self.policy), dist_utils.full_tensor,
+                                                 prefix=self.save_prefix)
+        elif isinstance(self.optimizer, CompensatedAdamW):
+            model_state = self.optimizer.full_master_weights(dist_utils.unwrap(self.policy), dist_utils.full_tensor)
+        else:
+            model_state = dist_utils.full_model_state_dict(self.policy)
+        optim_state = dist_utils.full_optimizer_state_dict(self.policy, self.optimizer) if resumable else None
+        path = None
+        if info.is_main:
+            training_state = None
+            if resumable:
+                training_state = {"optimizer": optim_state, "scheduler": self.scheduler.state_dict(),
+                                  "rng": capture_rng_state(), "step": step,
+                                  "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None}
+            dtype = getattr(torch, export_dtype)
+            if adapters is not None:
+                # Adapters stay float32 (they are small, and bf16 would round the training away);
+                # export_dtype applies to the merged model.
+                merged_dtype = dtype if name == "final" and self.run.config.write_merged_final else None
+                write_weights = functools.partial(self._write_adapters, weights=model_state, merged_dtype=merged_dtype)
+                path = save_checkpoint(self.run.log_path, name, step, model_state, None, self.tokenizer,
+                                            self.metadata, training_state, write_weights=write_weights)
+            else:
+                weights = {k.removeprefix(self.save_prefix): v.to(dtype) if v.is_floating_point() else v
+                           for k, v in model_state.items() if k not in self.run.tied_aliases}
+                path = save_checkpoint(self.run.log_path, name, step, weights, self.causal_lm, self.tokenizer,
+                                            self.metadata, training_state)
+            self.run.console.print(f"[green]Saved checkpoint {path}")
+            for name in prune_checkpoints(self.run.log_path, self.keep_last):
+                self.run.console.print(f"Removed old checkpoint {name} (keep_last_checkpoints={self.keep_last})")
+        dist_utils.barrier(info)
+        return path
+
+    def _write_adapters(self, directory: Path, weights: dict, merged_dtype: torch.dtype | None) -> None:
+        """The adapter files; with `merged_dtype`, also `merged/`: the base (loaded again, on CPU) with
+        the adapters merged in, a plain HF directory in that dtype."""
+        base_model_name = self.metadata["base_model_name"]
+        self.run.lora.save(directory, weights, base_model_name)
+        if merged_dtype is None:
+            return
+        base = load_model_and_tokenizer(base_model_name, dtype="float32", device="cpu")[0]
+        lora.save_merged(directory, directory / lora.MERGED_NAME, base, self.tokenizer,
+                         {key: value for key, value in self.metadata.items() if key != "lora"}, dtype=merged_dtype)
+        self.run.console.print(f"Merged the adapters into the base: final/{lora.MERGED_NAME}")
+
+
+def tied_aliases(model: nn.Module) -> set[str]:
+    """Names under which a parameter appears a second time (lm_head tied to embed_tokens): FSDP's full
+    state dict repeats them, a HF checkpoint stores them once."""
+    seen: set[int] = set()
+    aliases: set[str] = set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            aliases.add(name)
+        seen.add(id(param))
+    return aliases

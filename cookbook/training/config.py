@@ -14,10 +14,10 @@ import chz
 
 from cookbook.models import DEFAULT_MODEL, Device
 from cookbook.training import distributed as dist_utils
+from cookbook.training.display import Display
 from cookbook.training.log_dir import LogDirBehavior
 from cookbook.training.lora import ALL_LINEAR, DEFAULT_ALPHA, parse_target_modules
 from cookbook.training.precision import PRECISIONS, Precision
-from cookbook.training.progress import Display
 from cookbook.training.schedule import LRSchedule
 
 ExportDType = Literal["float32", "bfloat16"]

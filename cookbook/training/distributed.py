@@ -212,3 +212,23 @@ def direct_forwards(model: nn.Module, strategy: str):
         yield
     finally:
         model.reshard()
+
+
+def lockstep_filler(total: int, mine: int, info: DistInfo, lockstep) -> int:
+    """How many stand-in items this rank adds to its share of `total` so that, in lockstep (FSDP),
+    every rank runs as many forwards; their results are dropped. 0 without lockstep."""
+    return (-(-total // info.world_size) - mine) if lockstep is not None else 0
+
+
+def combine_ranks(rows: torch.Tensor, info) -> torch.Tensor:
+    """Each rank holds NaN except the rows it computed; give every rank all of them. A row that
+    several ranks computed (a pair trained in more than one epoch or cycle) takes the lowest such
+    rank's value, so it is one computed value and not a sum of them."""
+    if not info.is_distributed:
+        return rows
+    filled = ~torch.isnan(rows).any(dim=1)
+    owner = torch.where(filled, info.rank, info.world_size).to(torch.float32)
+    owner = -all_reduce_max_tensor(-owner.to(info.device), info).cpu()  # the lowest rank
+    mine = (filled & (owner == info.rank)).unsqueeze(1)
+    summed = all_reduce_tensor_sum(torch.where(mine, rows, 0.0).to(info.device), info).cpu()
+    return torch.where((owner < info.world_size).unsqueeze(1), summed, torch.full_like(summed, float("nan")))

@@ -41,22 +41,25 @@ from torch import nn
 
 from cookbook.errors import InvalidOptionError, RunStopped, UserError
 from cookbook.models import load_model_and_tokenizer, load_tokenizer
-from cookbook.plot import write_run_plot
 from cookbook.renderers import check_renderer_matches_template, default_renderer_name, get_renderer
 from cookbook.training import checkpoint as ckpt
 from cookbook.training import distributed as dist_utils
 from cookbook.training import lora
-from cookbook.training.checkpoint_writer import CheckpointWriter, tied_aliases
+from cookbook.training.checkpoint import CheckpointWriter, tied_aliases
 from cookbook.training.config import TrainingConfig, config_as_dict
-from cookbook.training.data_order import BatchSchedule
-from cookbook.training.display import make_console, next_eval_command, print_config, print_run_summary
-from cookbook.training.log_dir import StopRequest, check_log_path_creatable, decide_log_dir
+from cookbook.training.display import (
+    TrainingProgress,
+    make_console,
+    next_eval_command,
+    print_config,
+    print_run_summary,
+)
+from cookbook.training.log_dir import RunLock, StopRequest, check_log_path_creatable, decide_log_dir
 from cookbook.training.metrics import MetricLogger, NullMetricLogger, start_trackers, truncate_metrics
+from cookbook.training.plot import write_run_plot
 from cookbook.training.precision import PrecisionPlan, plan_for
-from cookbook.training.progress import TrainingProgress
 from cookbook.training.resume_config import check_resume_config
-from cookbook.training.run_lock import RunLock
-from cookbook.training.schedule import make_scheduler
+from cookbook.training.schedule import BatchSchedule, make_scheduler
 from cookbook.training.step_runner import StepRunner, TrainingDivergedError, make_optimizer
 
 __all__ = ["MicroBatchOutput", "RecipeTask", "Run", "RunFinished", "TrainingDivergedError", "run_recipe"]

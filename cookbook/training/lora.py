@@ -12,8 +12,8 @@ parameters, keep fp32 masters and a plain AdamW.
 
 A checkpoint of a LoRA run is an adapter in peft's format (`adapter_config.json`,
 `adapter_model.safetensors`) that `PeftModel.from_pretrained(base, dir)` loads, beside our tokenizer
-and metadata (the base model). `load_merged` loads such a directory as a full model (base + adapter,
-merged), which is how `model_name=`, `load_checkpoint_path=` and the eval read one;
+and metadata (the base model). `cookbook.models` loads such a directory as a full model (base +
+adapter, merged), which is how `model_name=`, `load_checkpoint_path=` and the eval read one;
 `save_merged` writes that full model for `AutoModelForCausalLM.from_pretrained`.
 """
 
@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-ADAPTER_CONFIG_NAME = "adapter_config.json"
+from cookbook.models import DEFAULT_MODEL, METADATA_NAME, bundled_model_dir, load_merged
+
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
-METADATA_NAME = "cookbook_checkpoint.json"
 MERGED_NAME = "merged"  # final/merged/: the full model of a LoRA run
 ALL_LINEAR = "all-linear"
 # With alpha fixed and the update scaled by alpha / rank, the best learning rate barely moves with
@@ -206,56 +206,14 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
-def is_adapter_checkpoint(path: str | Path) -> bool:
-    """A directory holding a peft adapter (ours or anyone's) rather than a full model."""
-    path = Path(path).expanduser()
-    return path.is_dir() and (path / ADAPTER_CONFIG_NAME).exists() and not (path / "config.json").exists()
-
-
-def adapter_base_model(adapter_dir: str | Path) -> str:
-    """The model an adapter sits on: the base our metadata recorded (the name the run was given),
-    else adapter_config.json's `base_model_name_or_path`; a recorded local path that is not there
-    from here (a relative one, run from elsewhere) gives way to the next."""
-    adapter_dir = Path(adapter_dir).expanduser()
-    candidates = []
-    metadata = adapter_dir / METADATA_NAME
-    if metadata.exists():
-        candidates.append(json.loads(metadata.read_text()).get("base_model_name"))
-    candidates.append(json.loads((adapter_dir / ADAPTER_CONFIG_NAME).read_text()).get("base_model_name_or_path"))
-    candidates = [name for name in candidates if name]
-    for name in candidates:
-        if not _looks_local(name) or Path(name).expanduser().exists():
-            return name
-    if candidates:
-        raise ValueError(f"{adapter_dir}: its base model {candidates[0]!r} does not exist (from here)")
-    raise ValueError(f"{adapter_dir} is an adapter that names no base model (no base_model_name in "
-                     f"{METADATA_NAME}, no base_model_name_or_path in {ADAPTER_CONFIG_NAME})")
-
-
 def loadable_base_name(name: str) -> str:
     """What adapter_config.json records as the base: a local directory as an absolute path (so peft
     and transformers find it from anywhere on this machine), the bundled model as its converted
     directory, a hub id as it is."""
-    from cookbook.models import DEFAULT_MODEL, bundled_model_dir
-
     if name == DEFAULT_MODEL:
         return str(bundled_model_dir())
     path = Path(name).expanduser()
     return str(path.resolve()) if path.is_dir() else name
-
-
-def _looks_local(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).expanduser().exists()
-
-
-def load_merged(adapter_dir: str | Path, base_model: nn.Module) -> nn.Module:
-    """`base_model` with the adapter of `adapter_dir` merged into its weights (a plain HF model)."""
-    from peft import PeftModel
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        peft_model = PeftModel.from_pretrained(base_model, str(adapter_dir), is_trainable=False)
-    return peft_model.merge_and_unload()
 
 
 def save_merged(adapter_dir: Path, out_dir: Path, base_model: nn.Module, tokenizer, metadata: dict,

@@ -17,10 +17,9 @@ from cookbook.errors import UserError
 from cookbook.training import checkpoint as ckpt
 from cookbook.training import distributed as dist_utils
 from cookbook.training.config import TrainingConfig
-from cookbook.training.data_order import BatchSchedule
 from cookbook.training.log_dir import StopRequest
-from cookbook.training.optim import CompensatedAdamW
-from cookbook.training.precision import PrecisionPlan
+from cookbook.training.precision import CompensatedAdamW, PrecisionPlan
+from cookbook.training.schedule import BatchSchedule
 
 
 class TrainingDivergedError(UserError, RuntimeError):

@@ -10,8 +10,8 @@ round after round.
 
 With no arguments it trains the bundled SmolLM2-135M-Instruct on instruction-following prompts
 composed from IFEval's checkers (`prompts=ifeval_synthetic`, none of them in the evaluation set),
-rewarded by the fraction of instructions each reply follows, and reports IFEval accuracy on the
-bundled evaluation set before and after every round. log_path gets what the preference recipe
+rewarded by the fraction of instructions each reply follows (`eval_ifeval=true` also reports IFEval
+accuracy on the bundled evaluation set at the start and the end). log_path gets what the preference recipe
 writes (config.json, metrics.jsonl, metrics.png, step_*/ and final/ checkpoints) and
 `rounds/<n>/samples.jsonl`: every sampled reply with its reward, and the pair chosen.
 """
