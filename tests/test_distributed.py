@@ -105,3 +105,23 @@ def test_a_second_epoch_uses_one_reference_value_per_pair(tmp_path, tiny_model_d
     table = torch.load(ddp / "reference_logps.pt", weights_only=True)
     expected = torch.load(single / "reference_logps.pt", weights_only=True)
     torch.testing.assert_close(table["train"], expected["train"], rtol=1e-5, atol=1e-4)
+
+
+def test_bf16_true_under_fsdp_saves_the_fp32_start_plus_the_updates(tmp_path, tiny_model_dir):
+    """FSDP2 shards the compensation that starts at what the bf16 cast dropped, like the weights: the
+    checkpoint of 2 tiny steps is the fp32 start plus about fp32's update (see test_precision)."""
+    from test_precision import _update_stats
+
+    common = ["dataset.max_pairs=16", "dataset.test_size=4", "max_length=128", "show_example=false", "max_steps=2",
+              "batch_size=4", "micro_batch_size=2", "eval_every=0", "save_every=0", "learning_rate=1e-6",
+              "lr_schedule=constant"]
+    start = load_file(Path(tiny_model_dir) / "model.safetensors")
+    cli([f"log_path={tmp_path / 'fp32'}", f"model_name={tiny_model_dir}", *common, "precision=fp32"])
+    torchrun("-m", "cookbook.recipes.preference.train", f"log_path={tmp_path / 'fsdp'}", f"model_name={tiny_model_dir}",
+             *common, "distributed=fsdp", "precision=bf16-true")
+    updates = {}
+    for name in ("fp32", "fsdp"):
+        final = load_file(tmp_path / name / "final" / "model.safetensors")
+        updates[name] = {n: final[n].float() - start[n].float() for n in final}
+    fraction, ratio, cosine = _update_stats(updates["fsdp"], updates["fp32"])
+    assert fraction >= 0.9 and 0.8 <= ratio <= 1.25 and cosine >= 0.7, (fraction, ratio, cosine)

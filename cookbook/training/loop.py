@@ -57,7 +57,7 @@ from cookbook.training.display import (
 from cookbook.training.log_dir import RunLock, StopRequest, check_log_path_creatable, decide_log_dir
 from cookbook.training.metrics import MetricLogger, NullMetricLogger, start_trackers, truncate_metrics
 from cookbook.training.plot import write_run_plot
-from cookbook.training.precision import PrecisionPlan, plan_for
+from cookbook.training.precision import CompensatedAdamW, PrecisionPlan, plan_for
 from cookbook.training.resume_config import check_resume_config
 from cookbook.training.schedule import BatchSchedule, make_scheduler
 from cookbook.training.step_runner import StepRunner, TrainingDivergedError, make_optimizer
@@ -201,6 +201,8 @@ class Run:
         self.optimizer: torch.optim.Optimizer | None = None
         self.tied_aliases: set[str] = set()
         self.lora: lora.LoraAdapters | None = None  # the policy's adapters, with lora_rank > 0
+        # bf16-true: name -> what casting the trained model's fp32 weights to bf16 dropped (see wrap)
+        self.bf16_rounding: dict[str, torch.Tensor] | None = None
         torch.manual_seed(config.seed)
         console.print(f"Precision: {plan.name} (parameters {_dtype_name(plan.param_dtype)}, "
                       f"matmuls {_dtype_name(plan.compute_dtype)}; precision={config.precision})")
@@ -254,6 +256,8 @@ class Run:
         causal_lm, _ = load_model_and_tokenizer(name, dtype=_dtype_name(self.plan.param_dtype),
                                                 device=str(self.info.device), attn_implementation=attention)
         settings = lora.LoraSettings.from_config(self.config)
+        if trainable and settings is None and self.plan.compensated_optimizer:
+            self.bf16_rounding = _bf16_rounding(name, causal_lm)
         if trainable and settings is not None:
             try:
                 self.lora = lora.add_adapters(causal_lm, settings)
@@ -285,6 +289,9 @@ class Run:
             # Before any forward pass: FSDP2's lazy initialisation at the first forward replaces the
             # root's parameters, and an optimizer built after it would step stale ones.
             self.optimizer = make_optimizer(wrapped, self.config, self.plan, self.info, strategy)
+            if self.bf16_rounding is not None and isinstance(self.optimizer, CompensatedAdamW):
+                self.optimizer.seed_compensation(causal_lm, self.bf16_rounding)
+            self.bf16_rounding = None
         return wrapped
 
     def _fsdp_policy(self):
@@ -373,6 +380,20 @@ class Run:
             truncate_metrics(self.log_path, state["step"])  # steps after the checkpoint will be logged again
         self.console.print(f"[green]Resumed from {self.resume_entry['path']} at step {state['step']}.")
         return state["step"]
+
+
+def _bf16_rounding(name: str, bf16_model: nn.Module) -> dict[str, torch.Tensor]:
+    """Per parameter, the fp32 start weight minus its bf16 copy in `bf16_model`, in bf16 (read from a
+    second, fp32 load of `name` on the CPU, so the trained model itself loads exactly as before)."""
+    fp32_model, _ = load_model_and_tokenizer(name, dtype="float32", device="cpu", attn_implementation=None)
+    start = dict(fp32_model.named_parameters())
+    rounding = {}
+    with torch.no_grad():
+        for param_name, param in bf16_model.named_parameters():
+            if param_name in start:
+                rounding[param_name] = (start[param_name] - param.detach().float().cpu()).to(torch.bfloat16)
+    del fp32_model
+    return rounding
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -19,6 +19,9 @@ with native bf16 matmuls (AVX512-BF16 or AMX), fp32 elsewhere.
 `CompensatedAdamW` gives each bf16 parameter a bf16 *compensation*: the part of the past updates
 that the rounding dropped (Kahan summation). The next update is added to it first, so the dropped part is carried until it moves the weight; weight +
 compensation tracks an fp32 master to about 3 significant digits of the compensation itself.
+The compensation starts as what casting the fp32 start weights to bf16 dropped
+(`seed_compensation`), so a checkpoint (weight + compensation) is the fp32 start plus the updates,
+not the bf16-rounded start plus the updates.
 
 The moments are bf16 too, written with stochastic rounding: their per-step change (a factor 0.999
 for the second moment) is below bf16's resolution, and rounding to nearest would freeze them; a
@@ -127,6 +130,11 @@ def stochastic_round_to_bf16(value: Tensor, generator: torch.Generator | None = 
     return rounded.view(torch.float32).to(torch.bfloat16)
 
 
+def _local(tensor: Tensor) -> Tensor:
+    """This rank's shard of an FSDP2 DTensor (a view: writing it writes the DTensor); others as they are."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
 class CompensatedAdamW(torch.optim.Optimizer):
     """AdamW (decoupled weight decay) for bf16 parameters with Kahan-compensated updates."""
 
@@ -144,28 +152,52 @@ class CompensatedAdamW(torch.optim.Optimizer):
                     continue
                 state = self.state[param]
                 if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(param, dtype=torch.bfloat16)
-                    state["exp_avg_sq"] = torch.zeros_like(param, dtype=torch.bfloat16)
-                    state["compensation"] = torch.zeros_like(param, dtype=torch.bfloat16)
+                    self._init_state(param)
                 state["step"] += 1
                 step = float(state["step"])
-                grad = param.grad.float()
-                exp_avg = state["exp_avg"].float().lerp_(grad, 1 - beta1)
-                exp_avg_sq = state["exp_avg_sq"].float().mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                state["exp_avg"].copy_(stochastic_round_to_bf16(exp_avg))
-                state["exp_avg_sq"].copy_(stochastic_round_to_bf16(exp_avg_sq))
+                # Under FSDP2 the parameter, its gradient and its state are DTensors holding this rank's
+                # shard; the update is elementwise, so it runs on the local shards.
+                weight_shard, exp_avg_shard, exp_avg_sq_shard, compensation = (
+                    _local(tensor) for tensor in (param, state["exp_avg"], state["exp_avg_sq"], state["compensation"]))
+                grad = _local(param.grad).float()
+                exp_avg = exp_avg_shard.float().lerp_(grad, 1 - beta1)
+                exp_avg_sq = exp_avg_sq_shard.float().mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                exp_avg_shard.copy_(stochastic_round_to_bf16(exp_avg))
+                exp_avg_sq_shard.copy_(stochastic_round_to_bf16(exp_avg_sq))
                 denom = (exp_avg_sq / (1 - beta2**step)).sqrt_().add_(group["eps"])
-                weight = param.float()
+                weight = weight_shard.float()
                 update = exp_avg.div_(denom).mul_(-group["lr"] / (1 - beta1**step))
                 if group["weight_decay"]:
                     update.add_(weight, alpha=-group["lr"] * group["weight_decay"])
                 # Kahan: add the carried remainder, round the sum into the weight, carry what was lost.
-                carried = update.add_(state["compensation"].float())
+                carried = update.add_(compensation.float())
                 new_weight = (weight + carried).to(torch.bfloat16)
-                state["compensation"].copy_(carried.sub_(new_weight.float() - weight))
-                param.copy_(new_weight)
+                compensation.copy_(carried.sub_(new_weight.float() - weight))
+                weight_shard.copy_(new_weight)
         return loss
+
+    def _init_state(self, param: Tensor) -> dict:
+        state = self.state[param]
+        state["step"] = torch.zeros((), dtype=torch.float32)
+        state["exp_avg"] = torch.zeros_like(param, dtype=torch.bfloat16)
+        state["exp_avg_sq"] = torch.zeros_like(param, dtype=torch.bfloat16)
+        state["compensation"] = torch.zeros_like(param, dtype=torch.bfloat16)
+        return state
+
+    @torch.no_grad()
+    def seed_compensation(self, model: nn.Module, dropped: dict[str, Tensor]) -> None:
+        """Start each parameter's compensation at `dropped[name]` (what the cast of the fp32 start
+        weight to bf16 lost; whole tensors, distributed like the parameter under FSDP2)."""
+        trained = {id(param) for group in self.param_groups for param in group["params"]}
+        for name, param in model.named_parameters():
+            if id(param) not in trained or name not in dropped:
+                continue
+            value = dropped[name].to(param.device if not hasattr(param, "device_mesh") else "cpu")
+            if hasattr(param, "device_mesh"):  # an FSDP2 DTensor: keep this rank's shard
+                from torch.distributed.tensor import distribute_tensor
+
+                value = distribute_tensor(value.to(param.device_mesh.device_type), param.device_mesh, param.placements)
+            self._init_state(param)["compensation"].copy_(value)
 
     @torch.no_grad()
     def full_master_weights(self, model: nn.Module, gather: Callable[[Tensor], Tensor]) -> dict[str, Tensor]:
