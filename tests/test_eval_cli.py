@@ -68,9 +68,15 @@ def test_compare_run_writes_summary_and_table(tiny_model_dir, tmp_path):
     assert summary["results"]["trained"][0]["metrics"] == summary["results"]["base"][0]["metrics"]
     results = {label: [TaskResult(**r) for r in rows] for label, rows in summary["results"].items()}
     console = Console(width=200, record=True)
-    console.print(metrics_table(results))
+    console.print(metrics_table(results, summary["comparison"]))
     table = console.export_text()
     assert "trained - base" in table and "+0.0000" in table and "mean_margin" in table
+    # Each metric's paired difference and its interval, over the 2 shared samples: all zero here.
+    assert {row["metric"] for row in summary["comparison"]} == {"accuracy", "mean_margin", "tie_rate"}
+    for row in summary["comparison"]:
+        assert row["difference"] == row["ci_low"] == row["ci_high"] == 0 and row["samples"] == 2
+        assert row["resamples"] == 10_000 and row["trained"] == row["base"]
+    assert "95% interval (paired)" in table and "n=2" in table
 
 
 def test_a_task_that_errors_gives_exit_status_1(tiny_model_dir, tmp_path):

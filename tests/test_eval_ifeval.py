@@ -103,3 +103,23 @@ def test_punkt_tab_tables_are_written_where_nltk_finds_them(tmp_path, monkeypatc
     params = nltk_punkt.load_punkt_params(nltk.data.find("tokenizers/punkt_tab/english/", paths=[str(root)]))
     assert "dr" in params.abbrev_types
     assert len(params.ortho_context) > 1000
+
+
+def test_the_bundled_prompts_split_into_dev_and_test_halves(tmp_path):
+    """64 + 64 disjoint prompts, each half holding every checker; other files need a split field."""
+    from cookbook.eval.ifeval import ifeval, load_ifeval_rows
+
+    rows = {split: load_ifeval_rows("bundled", split=split)[0] for split in ("all", "dev", "test")}
+    dev, test = ({row["key"] for row in rows[s]} for s in ("dev", "test"))
+    assert len(dev) == len(test) == 64 and not dev & test and dev | test == {row["key"] for row in rows["all"]}
+    checkers = set(instruction_registry())
+    for split in ("dev", "test"):
+        assert {i for row in rows[split] for i in row["instruction_id_list"]} == checkers
+    assert load_ifeval_rows("bundled", split="test")[1] == "bundled, test"
+    assert ifeval(source="bundled", split="dev").dataset.name == "ifeval (bundled, dev)"
+    plain = tmp_path / "mine.jsonl"
+    plain.write_text(json.dumps({k: v for k, v in rows["all"][0].items() if k != "split"}) + "\n")
+    with pytest.raises(ValueError, match="split=test needs rows that carry a dev/test 'split' field"):
+        load_ifeval_rows(data_file=str(plain), split="test")
+    with pytest.raises(ValueError, match="split='half' is not one of all, dev, test"):
+        load_ifeval_rows("bundled", split="half")

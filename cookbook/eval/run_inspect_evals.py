@@ -2,10 +2,13 @@
 
     python -m cookbook.eval.run_inspect_evals model_path=/tmp/dpo/final tasks=cookbook/ifeval
     python -m cookbook.eval.run_inspect_evals model_path=/tmp/dpo/final \\
-        compare_model_path=smollm2-135m-instruct tasks=cookbook/ifeval,cookbook/preference limit=50
+        compare_model_path=smollm2-135m-instruct tasks=cookbook/ifeval ifeval_source=bundled ifeval_split=test
 
-Writes inspect's own logs (view them with `inspect view --log-dir DIR`) and `summary.json` to
-`log_dir` (default: `<model_path>/inspect-logs` when model_path is a directory we can write, else
+With `compare_model_path` each metric gets both scores, their difference and its 95% interval from
+a paired bootstrap over the samples (`summary.py`), since two models scored on the same 64 prompts
+differ far less than each score's own spread suggests.
+
+Writes inspect's own logs (view them with `inspect view --log-dir DIR`) and `summary.json` to `log_dir` (default: `<model_path>/inspect-logs` when model_path is a directory we can write, else
 `./inspect-logs`), prints a table of every task's headline metrics, and exits with status 1 when
 any task ended in error (2, with one `error: ...` line, for a bad option or a missing model; see
 `cookbook/cli.py`). inspect's `eval()` reports a failed task as a log with status "error" instead of
@@ -32,6 +35,7 @@ from cookbook.models import DEFAULT_MODEL
 InferenceDType = Literal["auto", "float32", "bfloat16", "float16"]
 DisplayType = Literal["full", "conversation", "rich", "plain", "log", "none"]
 IFEvalSource = Literal["auto", "bundled", "hub"]
+IFEvalSplit = Literal["all", "dev", "test"]
 
 
 @chz.chz
@@ -47,6 +51,9 @@ class EvalConfig:
     ifeval_source: IFEvalSource = chz.field(
         default="auto", doc="prompts of cookbook/ifeval: bundled (the 128 shipped with cookbook), hub (google/IFEval), "
                             "or auto (the hub when reachable, else bundled); name it when reproducing a figure")
+    ifeval_split: IFEvalSplit = chz.field(
+        default="all", doc="half of the bundled cookbook/ifeval prompts: test (figures are reported on it), dev (what "
+                           "defaults are tuned on, the in-run eval's), or all 128")
     limit: int | None = chz.field(default=None, doc="evaluate at most this many samples per task")
     temperature: float = chz.field(default=0.0, doc="0 = greedy")
     max_tokens: int = chz.field(default=512, doc="most new tokens per reply")
@@ -67,6 +74,8 @@ class EvalConfig:
         default=None, doc="torch CPU threads (default: torch's choice; 1 is faster on an oversubscribed CPU)"
     )
     display: DisplayType = chz.field(default="full", doc="inspect's progress display")
+    bootstrap_resamples: int = chz.field(
+        default=10_000, doc="with compare_model_path: resamples of the paired bootstrap behind each 95% interval")
 
 
 class EvalRunError(UserError, RuntimeError):
@@ -161,13 +170,15 @@ def main(config: EvalConfig) -> int:
     """Run the evaluation; returns the process exit status (0 = every task succeeded)."""
     from rich.console import Console
 
-    from cookbook.eval.summary import failed, metrics_table, write_summary
+    from cookbook.eval.summary import compare, failed, metrics_table, write_summary
     from cookbook.eval.tasks import build_tasks, registration_problem, resolve_task_names, split_task_names
 
     if config.batch_size < 1:
         raise EvalRunError(f"batch_size must be >= 1, got {config.batch_size}")
     if config.max_tokens < 1:
         raise EvalRunError(f"max_tokens must be >= 1, got {config.max_tokens}")
+    if config.bootstrap_resamples < 1:
+        raise EvalRunError(f"bootstrap_resamples must be >= 1, got {config.bootstrap_resamples}")
     if config.limit is not None and config.limit < 1:
         raise EvalRunError(f"limit must be >= 1 or None, got {config.limit}")
     task_names = resolve_task_names(split_task_names(config.tasks))  # fails before a model is loaded
@@ -189,12 +200,13 @@ def main(config: EvalConfig) -> int:
         console.print(f"[bold]{label}[/bold]: {path} (renderer {renderer})")
         model = load_model(path, name, renderer, config)
         # Fresh task objects per model: a Task carries per-run state.
-        task_args = {"cookbook/ifeval": {"source": config.ifeval_source}}
+        task_args = {"cookbook/ifeval": {"source": config.ifeval_source, "split": config.ifeval_split}}
         results_by_label[label] = run_tasks(build_tasks(task_names, task_args), model, config, log_dir)
 
-    console.print(metrics_table(results_by_label))
+    comparison = compare(results_by_label, config.bootstrap_resamples, config.seed)
+    console.print(metrics_table(results_by_label, comparison))
     run = {key: getattr(config, key) for key in chz.chz_fields(config)}
-    summary_path = write_summary(log_dir / "summary.json", results_by_label, run)
+    summary_path = write_summary(log_dir / "summary.json", results_by_label, run, comparison)
     console.print(f"logs and {summary_path.name}: {log_dir}")
     problems = [r for results in results_by_label.values() for r in failed(results)]
     for result in problems:

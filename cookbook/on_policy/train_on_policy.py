@@ -87,9 +87,10 @@ class Config(PreferenceConfig):
         default=True, doc="Sample under the training's autocast (bf16 with precision=bf16-mixed) instead of fp32: "
                           "about 2x the decoding speed on a CPU with native bf16 (full fine-tuning; a LoRA run "
                           "samples in fp32 either way)")
-    eval_ifeval: bool = chz.field(default=False, doc="IFEval on the bundled set (greedy, as `run_inspect_evals "
-                                  "tasks=cookbook/ifeval` scores it) at the start, the end and every eval_every "
-                                  "steps, logged as test/ifeval_*")
+    eval_ifeval: bool = chz.field(default=False, doc="IFEval on the dev half of the bundled set (greedy, as "
+                                  "`run_inspect_evals tasks=cookbook/ifeval ifeval_split=dev` scores it) at the start, "
+                                  "the end and every eval_every steps, logged as test/ifeval_* (held out from training; "
+                                  "report on ifeval_split=test)")
     eval_max_new_tokens: int = chz.field(default=512, doc="Most tokens of an IFEval reply (run_inspect_evals' "
                                          "max_tokens, whose default is 512)")
     eval_every: int = chz.field(default=0, doc="IFEval every N steps too (0: at the start and the end only; "
