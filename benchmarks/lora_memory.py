@@ -97,8 +97,8 @@ def run_one(args) -> dict:
     """One configuration, in this process: returns its measurements."""
     import torch
 
+    from cookbook.datasets.load import load_preference_data
     from cookbook.datasets.preference import DemoBuilder
-    from cookbook.datasets.tokenize import load_preference_data
     from cookbook.preference.batching import make_collate
     from cookbook.preference.reference import TableReference, fill_reference_logps
     from cookbook.preference.step import LossSettings, preference_forward

@@ -33,6 +33,13 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
     return str(save_tiny_model(tmp_path_factory.mktemp("tiny-model"), tokenizer))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_data_cache(tmp_path_factory):
+    # Tokenized data sets go to a cache of this test session, not the user's (and start empty).
+    os.environ["COOKBOOK_DATA_CACHE"] = str(tmp_path_factory.mktemp("data-cache"))
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _offline_hub(monkeypatch):
     # Tests never reach the hub; make any accidental hub call fail fast.

@@ -6,8 +6,8 @@ import sys
 
 import torch
 
+from cookbook.datasets.load import load_preference_data
 from cookbook.datasets.preference import DemoBuilder
-from cookbook.datasets.tokenize import load_preference_data
 from cookbook.models import load_model_and_tokenizer
 from cookbook.preference.batching import collate_padded
 from cookbook.preference.step import LossSettings, preference_forward

@@ -9,13 +9,9 @@ import pytest
 from rich.console import Console
 
 from cookbook.datasets.builder import SKIP_REASONS, Skip
+from cookbook.datasets.load import load_preference_data
 from cookbook.datasets.preference import DEMO_FILES, Comparison, DemoBuilder, FileBuilder
-from cookbook.datasets.tokenize import (
-    MIN_COMPLETION_TOKENS,
-    TokenizedPair,
-    load_preference_data,
-    tokenize_comparison,
-)
+from cookbook.datasets.tokenize import MIN_COMPLETION_TOKENS, TokenizedPair, tokenize_comparison
 from cookbook.renderers import get_renderer
 
 REPO = Path(__file__).resolve().parent.parent

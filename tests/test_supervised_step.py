@@ -181,8 +181,8 @@ def test_step_metrics_by_hand():
 
 
 def test_task_for_the_shared_loop(tiny_model, sequences):
+    from cookbook.datasets.load import SupervisedData
     from cookbook.datasets.summary import SupervisedDataSummary
-    from cookbook.datasets.tokenize import SupervisedData
     from cookbook.supervised.train_sft import SupervisedTask
 
     model = SequenceLogprobModel(tiny_model)

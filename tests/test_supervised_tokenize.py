@@ -8,8 +8,9 @@ import pytest
 from rich.console import Console
 
 from cookbook.datasets.builder import SKIP_REASONS, Skip
+from cookbook.datasets.load import load_supervised_data
 from cookbook.datasets.supervised import Conversation, NoUsableExamplesError, SupervisedFileBuilder
-from cookbook.datasets.tokenize import SupervisedSequence, load_supervised_data, tokenize_conversation
+from cookbook.datasets.tokenize import SupervisedSequence, tokenize_conversation
 from cookbook.renderers import get_renderer
 
 MESSAGES = [

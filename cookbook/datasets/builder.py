@@ -15,13 +15,15 @@ the class variables below for the words its checks and messages use.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Literal, TypeVar, get_args
 
-from cookbook.datasets.files import FileRow, read_rows
+from cookbook.datasets.files import FileRow, count_lines, files_fingerprint, iter_rows
 from cookbook.errors import UserError
 from cookbook.renderers.base import Message
 
@@ -164,6 +166,16 @@ class SplitBuilder(Generic[ItemT]):
         """How the summary names this data set."""
         return type(self).__name__
 
+    def source_fingerprint(self) -> str | None:
+        """A digest of the raw rows this builder reads (its files' bytes, the hub split's fingerprint),
+        so the tokenized set can be cached under it; None (the default) when unknown: such a data set
+        is tokenized again on every run."""
+        return None
+
+    def row_count(self, split: str) -> int | None:
+        """How many rows `load_rows(split)` will give, when that is cheap to know (a progress bar's total)."""
+        return None
+
     # -- what the builder base of each kind writes --------------------------------------------------
 
     def convert_row(self, row: Any) -> ItemT | Skip:
@@ -177,16 +189,22 @@ class SplitBuilder(Generic[ItemT]):
     # -- building -----------------------------------------------------------------------------------
 
     def split_rows(
-        self, load_rows: Callable[[str], Iterable[Any]], skipped: SkipCounts, max_items: int | None
+        self, load_rows: Callable[[str], Iterable[Any]], skipped: SkipCounts, max_items: int | None,
+        keep: Callable[[ItemT], Any] | None = None,
     ) -> Splits[ItemT]:
         """Read, convert, deduplicate, shuffle and split the rows `load_rows` gives, counting skips
-        into `skipped`; at most `max_items` training items. Deterministic for a given `seed`."""
+        into `skipped`; at most `max_items` training items. Deterministic for a given `seed`.
+
+        `keep(item)` turns each usable item into what the splits hold (default: the item itself): a
+        loader that tokenizes as it reads keeps only an index, so a large data set never sits in
+        memory as Python objects."""
         if max_items is not None and max_items < 1:
             raise ValueError(f"dataset.{self.limit_field} must be >= 1 or None, got {max_items}")
         train_split, test_split = self.split_names()
         rows_read: dict[str, int] = {}
-        seen: set[str] = set()
-        train, rows_read[train_split] = self._convert_split(train_split, load_rows(train_split), skipped, seen)
+        seen: set[bytes] = set()
+        keep = keep or (lambda item: item)
+        train, rows_read[train_split] = self._convert_split(train_split, load_rows(train_split), skipped, seen, keep)
         shuffle_split(train, self.seed, train_split)
         unused = 0
         if test_split is None:
@@ -194,7 +212,7 @@ class SplitBuilder(Generic[ItemT]):
         else:
             if not self.dedupe_across_splits:
                 seen = set()
-            test, rows_read[test_split] = self._convert_split(test_split, load_rows(test_split), skipped, seen)
+            test, rows_read[test_split] = self._convert_split(test_split, load_rows(test_split), skipped, seen, keep)
             shuffle_split(test, self.seed, test_split)
             if self.test_size is not None:
                 unused = max(0, len(test) - self.test_size)
@@ -226,8 +244,8 @@ class SplitBuilder(Generic[ItemT]):
         return train[: self.test_size], train[self.test_size :]
 
     def _convert_split(
-        self, split: str, rows: Iterable[Any], skipped: SkipCounts, seen: set[str]
-    ) -> tuple[list[ItemT], int]:
+        self, split: str, rows: Iterable[Any], skipped: SkipCounts, seen: set[bytes], keep: Callable[[ItemT], Any]
+    ) -> tuple[list[Any], int]:
         items: list[ItemT] = []
         rows_read = 0
         for rows_read, row in enumerate(rows, start=1):
@@ -242,7 +260,8 @@ class SplitBuilder(Generic[ItemT]):
             if isinstance(result, self.item_type):
                 result = self.check_item(result)
             if isinstance(result, self.item_type):
-                key = result.key()
+                # A 16-byte digest of the item stands for it: a million keys fit in memory.
+                key = hashlib.blake2b(result.key().encode("utf-8"), digest_size=16).digest()
                 if key in seen:
                     result = Skip("duplicate", self.duplicate_detail)
                 else:
@@ -252,13 +271,26 @@ class SplitBuilder(Generic[ItemT]):
                     self.on_malformed(result, where)
                 skipped.add(result, where)
             elif isinstance(result, self.item_type):
-                items.append(result)
+                items.append(keep(result))
             else:
                 raise TypeError(
                     f"{type(self).__name__}.{self.converter_name} returned {type(result).__name__}; "
                     f"expected a {self.item_type.__name__} or a Skip"
                 )
         return items, rows_read
+
+
+def builder_options(builder: Any) -> str:
+    """A builder's class and every field, nested builders included, as one canonical string."""
+    import chz
+
+    def describe(value: Any) -> Any:
+        if chz.is_chz(value):
+            fields = {name: describe(getattr(value, name)) for name in chz.chz_fields(value)}
+            return {"class": f"{type(value).__module__}:{type(value).__qualname__}", **fields}
+        return value
+
+    return json.dumps(describe(builder), sort_keys=True, default=str)
 
 
 def shuffle_split(items: list[Any], seed: int, split: str) -> None:
@@ -283,7 +315,13 @@ class LocalFileRows:
         return ("train", "test" if self.test_path is not None else None)
 
     def load_rows(self, split: str) -> Iterable[Any]:
-        return read_rows(self.test_path if split == "test" else self.path)
+        return iter_rows(self.test_path if split == "test" else self.path)
+
+    def source_fingerprint(self) -> str | None:
+        return files_fingerprint(self.path, self.test_path)
+
+    def row_count(self, split: str) -> int | None:
+        return count_lines(self.test_path if split == "test" else self.path)
 
     def on_malformed(self, skip: Skip, where: str) -> None:
         if not self.skip_malformed:

@@ -12,6 +12,7 @@ Files are read as UTF-8; a byte-order mark at the start (Windows editors write o
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import zlib
 from collections.abc import Iterator
@@ -42,31 +43,81 @@ class FileRow:
 
 
 def read_rows(path: str | Path, objects_only: bool = True, noun: str = "rows") -> list[FileRow]:
-    """All rows of one local file; raises DataFileError naming the file when it cannot be read.
+    """All rows of one local file (see `iter_rows`), as a list."""
+    return list(iter_rows(path, objects_only, noun))
+
+
+def iter_rows(path: str | Path, objects_only: bool = True, noun: str = "rows") -> Iterator[FileRow]:
+    """The rows of one local file, one at a time (a JSON Lines or Parquet file is never held whole,
+    so a file of a million rows streams); raises DataFileError naming the file when it cannot be
+    read: at once for a missing, directory or unsupported path, while iterating for its content.
     With `objects_only` a row that is not a JSON object is an error row; `noun` names what an empty
     file lacks ("rows", "prompts")."""
+    path = _data_file(path)
+    name = path.name.lower()
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        rows = _read_json_lines(path, objects_only)
+    elif name.endswith((".json", ".json.gz")):
+        rows = _read_json(path, objects_only)
+    else:
+        rows = _read_parquet(path)
+    return _checked(path, rows, noun)
+
+
+def _data_file(path: str | Path) -> Path:
+    """`path` when it names a readable kind of data file; DataFileError saying what it is otherwise."""
     path = Path(path).expanduser()
     if not path.exists():
         raise DataFileNotFoundError(f"data file {str(path)!r} does not exist")
     if path.is_dir():
         raise DataFileError(f"{path} is a directory; give a data file ({', '.join(SUPPORTED_SUFFIXES)})")
-    name = path.name.lower()
-    if not name.endswith(SUPPORTED_SUFFIXES):
+    if not path.name.lower().endswith(SUPPORTED_SUFFIXES):
         raise DataFileError(f"{path}: unsupported file type; expected one of {', '.join(SUPPORTED_SUFFIXES)}")
+    return path
+
+
+def _checked(path: Path, rows: Iterator[FileRow], noun: str) -> Iterator[FileRow]:
+    count = 0
     try:
-        if name.endswith((".jsonl", ".jsonl.gz")):
-            rows = _read_json_lines(path, objects_only)
-        elif name.endswith((".json", ".json.gz")):
-            rows = _read_json(path, objects_only)
-        else:
-            rows = _read_parquet(path)
+        for count, row in enumerate(rows, start=1):  # noqa: B007  (the count is read after the loop)
+            yield row
     except PermissionError as error:
         raise DataFileError(f"{path} cannot be read: {error.strerror}") from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as error:
         raise DataFileError(_gzip_problem(path, error)) from None
-    if not rows:
+    if not count:
         raise DataFileError(f"{path} is empty: it holds no {noun}")
-    return rows
+
+
+def files_fingerprint(*paths: str | Path | None) -> str:
+    """A digest of the files' bytes (and each name's suffix, which decides how it is read); None
+    stands for an absent file (a test split not given)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(b"|")
+        if path is None:
+            continue
+        path = _data_file(path)
+        digest.update(path.name.lower().split(".", 1)[-1].encode())
+        try:
+            with path.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+        except OSError as error:
+            raise DataFileError(f"{path} cannot be read: {error.strerror or error}") from None
+    return digest.hexdigest()
+
+
+def count_lines(path: str | Path) -> int | None:
+    """The number of lines of a plain JSON Lines file (a progress bar's total); None for other files."""
+    path = Path(path).expanduser()
+    if not path.name.lower().endswith(".jsonl") or not path.is_file():
+        return None
+    count = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            count += chunk.count(b"\n")
+    return count
 
 
 def _gzip_problem(path: Path, error: Exception) -> str:
@@ -96,31 +147,29 @@ def _check_not_utf16(path: Path, start: bytes) -> None:
         raise DataFileError(f"{path} is UTF-16 encoded; save it as UTF-8")
 
 
-def _read_json_lines(path: Path, objects_only: bool) -> list[FileRow]:
-    rows = []
+def _read_json_lines(path: Path, objects_only: bool) -> Iterator[FileRow]:
     for line_number, raw in _raw_lines(path):
         location = f"{path}:{line_number}"
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as error:
-            rows.append(FileRow(location, None, _not_utf8(raw[error.start], error.start + 1)))
+            yield FileRow(location, None, _not_utf8(raw[error.start], error.start + 1))
             continue
         if not line.strip():
             continue
         try:
             data = json.loads(line)
         except json.JSONDecodeError as error:
-            rows.append(FileRow(location, None, f"invalid JSON ({error.msg} at column {error.colno})"))
+            yield FileRow(location, None, f"invalid JSON ({error.msg} at column {error.colno})")
             continue
-        rows.append(_as_row(location, data, objects_only))
-    return rows
+        yield _as_row(location, data, objects_only)
 
 
 def _not_utf8(byte: int, column: int) -> str:
     return f"not valid UTF-8 (byte 0x{byte:02x} at byte {column} of the line); save the file as UTF-8"
 
 
-def _read_json(path: Path, objects_only: bool) -> list[FileRow]:
+def _read_json(path: Path, objects_only: bool) -> Iterator[FileRow]:
     with _open_binary(path) as handle:
         raw = handle.read()
     _check_not_utf16(path, raw)
@@ -132,7 +181,7 @@ def _read_json(path: Path, objects_only: bool) -> list[FileRow]:
         column = error.start - raw.rfind(b"\n", 0, error.start)
         raise DataFileError(f"{path}:{line_number}: {_not_utf8(raw[error.start], column)}") from None
     if not text.strip():
-        return []
+        return
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
@@ -141,19 +190,24 @@ def _read_json(path: Path, objects_only: bool) -> list[FileRow]:
         data = data["data"]  # the {"data": [...]} layout some exporters write
     if not isinstance(data, list):
         raise DataFileError(f"{path}: expected a JSON array of objects (or JSON Lines in a .jsonl file)")
-    return [_as_row(f"{path}[{index}]", item, objects_only) for index, item in enumerate(data)]
+    for index, item in enumerate(data):
+        yield _as_row(f"{path}[{index}]", item, objects_only)
 
 
-def _read_parquet(path: Path) -> list[FileRow]:
+def _read_parquet(path: Path) -> Iterator[FileRow]:
     import pyarrow
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        parquet = pq.ParquetFile(path)
     except pyarrow.ArrowException as error:
         problem = "it is empty" if path.stat().st_size == 0 else f"not a Parquet file ({error})"
         raise DataFileError(f"{path}: {problem}") from None
-    return [_as_row(f"{path}[{index}]", item) for index, item in enumerate(table.to_pylist())]
+    index = 0
+    for batch in parquet.iter_batches(batch_size=4096):
+        for item in batch.to_pylist():
+            yield _as_row(f"{path}[{index}]", item)
+            index += 1
 
 
 def _as_row(location: str, data: Any, objects_only: bool = True) -> FileRow:

@@ -28,6 +28,7 @@ people.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Iterable
@@ -36,7 +37,7 @@ from typing import Any, ClassVar
 import chz
 
 from cookbook.datasets.builder import Skip, assistant, to_messages
-from cookbook.datasets.files import read_rows
+from cookbook.datasets.files import count_lines, files_fingerprint, iter_rows
 from cookbook.datasets.preference import (
     PREFERENCE_DATASETS,
     Comparison,
@@ -94,8 +95,23 @@ class HubRows:
 
     def load_rows(self, split: str) -> Iterable[Any]:
         if self.local_path is not None:
-            return read_rows(self.local_test_path if split == "test" else self.local_path)
+            return iter_rows(self.local_test_path if split == "test" else self.local_path)
         return load_hub_split(self.hub_id, self.hub_config, split, option_hint=self._option_hint())
+
+    def source_fingerprint(self) -> str | None:
+        if self.local_path is not None:
+            return files_fingerprint(self.local_path, self.local_test_path)
+        parts = []
+        for split in self.hub_splits:
+            if split is not None:
+                rows = load_hub_split(self.hub_id, self.hub_config, split, option_hint=self._option_hint())
+                parts.append(getattr(rows, "_fingerprint", None))  # `datasets`' digest of the split's data
+        return None if None in parts else hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+    def row_count(self, split: str) -> int | None:
+        if self.local_path is not None:
+            return count_lines(self.local_test_path if split == "test" else self.local_path)
+        return None
 
     def _option_hint(self) -> str:
         prefix = f"dataset={self.registered_name} " if self.registered_name else ""

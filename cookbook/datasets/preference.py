@@ -23,7 +23,7 @@ user's builder is `dataset=my.module:MyBuilder`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import chz
 
 from cookbook.datasets.builder import LocalFileRows, Skip, SkipCounts, SplitBuilder, to_messages
-from cookbook.datasets.files import SUPPORTED_SUFFIXES, read_rows
+from cookbook.datasets.files import SUPPORTED_SUFFIXES, files_fingerprint, iter_rows
 from cookbook.errors import UserError
 from cookbook.registry import Registry
 from cookbook.renderers.base import ROLES, Message
@@ -150,11 +150,12 @@ class DPODatasetBuilder(SplitBuilder[Comparison]):
     def check_item(self, item: Comparison) -> Comparison | Skip:
         return check_comparison(item)
 
-    def __call__(self) -> ComparisonSplits:
-        """Read, convert, deduplicate, shuffle and split. Deterministic for a given `seed`."""
+    def __call__(self, keep: Callable[[Comparison], Any] | None = None) -> ComparisonSplits:
+        """Read, convert, deduplicate, shuffle and split. Deterministic for a given `seed`. With `keep`
+        the splits hold what it returns for each comparison (see `SplitBuilder.split_rows`)."""
         if self.test_size < 0:
             raise ValueError(f"dataset.test_size must be >= 0, got {self.test_size}")
-        splits = self.split_rows(self.load_rows, SkipCounts(), self.max_pairs)
+        splits = self.split_rows(self.load_rows, SkipCounts(), self.max_pairs, keep)
         return ComparisonSplits(splits.train, splits.test, splits.rows_read, splits.skipped, splits.unused)
 
 
@@ -223,7 +224,10 @@ class DemoBuilder(DPODatasetBuilder):
         return ("train", "test")
 
     def load_rows(self, split: str) -> Iterable[Any]:
-        return read_rows(DEMO_FILES[split])
+        return iter_rows(DEMO_FILES[split])
+
+    def source_fingerprint(self) -> str | None:
+        return files_fingerprint(DEMO_FILES["train"], DEMO_FILES["test"])
 
     def row_to_comparison(self, row: dict[str, Any]) -> Comparison | Skip:
         return row_to_comparison(row)

@@ -76,10 +76,11 @@ class DatasetSummary:
         return metrics
 
 
-def print_summary(summary: DatasetSummary, console: Console | None = None) -> None:
-    """A short table of rows read, pairs kept, skips by reason and token lengths."""
+def print_summary(summary: DatasetSummary, console: Console | None = None, note: str = "") -> None:
+    """A short table of rows read, pairs kept, skips by reason and token lengths; `note` says where
+    the tokens came from (the cache or a fresh tokenization)."""
     console = console or Console()
-    counts = counts_table(f"Preference data: {summary.name}", summary.rows_read)
+    counts = counts_table(f"Preference data: {summary.name}", summary.rows_read, note)
     counts.add_row("train pairs", f"{summary.train_pairs:,}", "")
     counts.add_row("test pairs", f"{summary.test_pairs:,}", "")
     if summary.unused_pairs:
@@ -160,10 +161,11 @@ class SupervisedDataSummary:
         return metrics
 
 
-def print_supervised_summary(summary: SupervisedDataSummary, console: Console | None = None) -> None:
-    """A short table of rows read, conversations kept, skips by reason and token lengths."""
+def print_supervised_summary(summary: SupervisedDataSummary, console: Console | None = None, note: str = "") -> None:
+    """A short table of rows read, conversations kept, skips by reason and token lengths (`note`: see
+    `print_summary`)."""
     console = console or Console()
-    counts = counts_table(f"Supervised data: {summary.name}", summary.rows_read)
+    counts = counts_table(f"Supervised data: {summary.name}", summary.rows_read, note)
     counts.add_row("train examples", f"{summary.train_examples:,}", f"train_on={summary.train_on}")
     counts.add_row("test examples", f"{summary.test_examples:,}", "")
     if summary.unused_examples:
@@ -211,9 +213,11 @@ def count_metrics(
     return metrics
 
 
-def counts_table(title: str, rows_read: Mapping[str, int]) -> Table:
-    """A headerless (name, count, note) table that opens with the rows read per source split."""
-    table = Table(title=Text(title), show_header=False, title_justify="left")
+def counts_table(title: str, rows_read: Mapping[str, int], note: str = "") -> Table:
+    """A headerless (name, count, note) table that opens with the rows read per source split; `note`
+    goes under it as a caption."""
+    table = Table(title=Text(title), show_header=False, title_justify="left",
+                  caption=Text(note) if note else None, caption_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
     table.add_column(style="dim")

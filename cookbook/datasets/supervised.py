@@ -23,6 +23,7 @@ preference builder), and `module:Class` for a user's subclass of `SupervisedData
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -30,7 +31,14 @@ from typing import Any, ClassVar
 
 import chz
 
-from cookbook.datasets.builder import LocalFileRows, Skip, SkipCounts, SplitBuilder, to_messages
+from cookbook.datasets.builder import (
+    LocalFileRows,
+    Skip,
+    SkipCounts,
+    SplitBuilder,
+    builder_options,
+    to_messages,
+)
 from cookbook.datasets.files import SUPPORTED_SUFFIXES
 from cookbook.datasets.preference import PREFERENCE_DATASETS, Comparison, DemoBuilder, DPODatasetBuilder
 from cookbook.errors import UserError
@@ -147,16 +155,18 @@ class SupervisedDatasetBuilder(SplitBuilder[Conversation]):
     def check_item(self, item: Conversation) -> Conversation | Skip:
         return check_conversation(item)
 
-    def __call__(self) -> ExampleSplits:
-        """Read, convert, deduplicate, shuffle and split. Deterministic for a given `seed`."""
-        return self.build_splits(self.load_rows, SkipCounts())
+    def __call__(self, keep: Callable[[Conversation], Any] | None = None) -> ExampleSplits:
+        """Read, convert, deduplicate, shuffle and split. Deterministic for a given `seed`. With `keep`
+        the splits hold what it returns for each conversation (see `SplitBuilder.split_rows`)."""
+        return self.build_splits(self.load_rows, SkipCounts(), keep)
 
-    def build_splits(self, load_rows: Callable[[str], Iterable[Any]], skipped: SkipCounts) -> ExampleSplits:
+    def build_splits(self, load_rows: Callable[[str], Iterable[Any]], skipped: SkipCounts,
+                     keep: Callable[[Conversation], Any] | None = None) -> ExampleSplits:
         """`__call__` with the rows coming from `load_rows` and earlier skips already in `skipped`
         (a builder that reads all its splits at once passes them in here)."""
         if self.test_size is not None and self.test_size < 0:
             raise ValueError(f"dataset.test_size must be >= 0 or None, got {self.test_size}")
-        splits = self.split_rows(load_rows, skipped, self.max_examples)
+        splits = self.split_rows(load_rows, skipped, self.max_examples, keep)
         return ExampleSplits(splits.train, splits.test, splits.rows_read, splits.skipped, splits.unused)
 
 
@@ -215,13 +225,18 @@ class ChosenBuilder(SupervisedDatasetBuilder):
     def row_to_example(self, row: Comparison) -> Conversation | Skip:
         return Conversation([*row.prompt, *row.chosen])
 
-    def __call__(self) -> ExampleSplits:
+    def source_fingerprint(self) -> str | None:
+        # The preference builder's data and options decide the rows (its own seed, test_size...).
+        inner = self.preference.source_fingerprint()
+        return None if inner is None else hashlib.sha256(f"{inner}|{builder_options(self.preference)}".encode()).hexdigest()
+
+    def __call__(self, keep: Callable[[Conversation], Any] | None = None) -> ExampleSplits:
         # Build the preference data once (load_rows would build it per split).
         pairs = self.preference()
         skipped = SkipCounts()
         skipped.merge(pairs.skipped)
         rows = {"train": pairs.train, "test": pairs.test}
-        splits = self.build_splits(rows.__getitem__, skipped)
+        splits = self.build_splits(rows.__getitem__, skipped, keep)
         # Report the rows the preference builder read, not the pairs it handed over.
         return dataclasses.replace(
             splits, rows_read=dict(pairs.rows_read), unused_examples=splits.unused_examples + pairs.unused_pairs

@@ -1,13 +1,10 @@
-"""Tokenized data: what a trainer gets from a builder, through the renderer.
+"""Items to tokens through the renderer: a `TokenizedPair` per preference pair, a
+`SupervisedSequence` per conversation, or the `Skip` that says why not.
 
-    data = load_preference_data(config.dataset, renderer, max_length=config.max_length, console=console)
-    data = load_supervised_data(config.dataset, renderer, config.max_length, config.train_on, console=console)
-    train, test = data.train, data.test
-    log_metrics(data.summary.as_metrics(), step=0)
-
-Each builds the items (`builder()`), tokenizes every one through the renderer, drops and counts
-those that do not fit `max_length`, and prints a short summary when `verbose` (pass False on all
-ranks but rank 0, or a quiet console).
+`tokenize_comparisons` and `tokenize_conversations` do many at once: every item's runs of text
+(`Renderer.*_runs`) go through one batched call of the fast tokenizer, each distinct text once (a
+pair's prompt is tokenized once for its two replies), which gives exactly the tokens of the
+one-at-a-time `tokenize_comparison` / `tokenize_conversation` (tested on every renderer).
 
 A preference pair (`TokenizedPair`): both sequences are `build_generation_prompt(prompt) +
 completion`, loss weight 1 on the completion's reply tokens only; the prompt tokens are an exact,
@@ -28,25 +25,16 @@ dropped as `too_long`.
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rich.console import Console
-
-from cookbook.datasets.builder import Skip, SkipCounts
-from cookbook.datasets.preference import Comparison, DPODatasetBuilder, NoUsablePairsError
-from cookbook.datasets.summary import (
-    DatasetSummary,
-    LengthStats,
-    SequenceLengthStats,
-    SupervisedDataSummary,
-    print_summary,
-    print_supervised_summary,
-)
-from cookbook.datasets.supervised import Conversation, NoUsableExamplesError, SupervisedDatasetBuilder
-from cookbook.renderers.base import TrainOn
+from cookbook.datasets.builder import Skip
+from cookbook.datasets.preference import Comparison
+from cookbook.datasets.supervised import Conversation
+from cookbook.renderers.base import RenderedExample, TrainOn
 
 MIN_COMPLETION_TOKENS = 8
+TRAIN_ON_CHOICES: tuple[str, ...] = ("last_assistant", "all_assistant")
 
 
 @dataclass(frozen=True)
@@ -83,22 +71,66 @@ class TokenizedPair:
         return len(self.rejected) - self.prompt_length
 
 
+@dataclass(frozen=True)
+class SupervisedSequence:
+    """Token ids and a loss weight per token; `truncated` says whether max_length cut it."""
+
+    tokens: list[int]
+    weights: list[float]
+    truncated: bool = False
+
+    def __post_init__(self):
+        if len(self.tokens) != len(self.weights):
+            raise ValueError(f"{len(self.tokens)} tokens but {len(self.weights)} weights")
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def num_trained_tokens(self) -> float:
+        """Sum of the weights of tokens that something predicts (the first token has no predictor)."""
+        return float(sum(self.weights[1:]))
+
+
+# -- preference pairs ------------------------------------------------------------------------------
+
+
 def tokenize_comparison(comparison: Comparison, renderer, max_length: int | None) -> TokenizedPair | Skip:
     """The pair's tokens, or a Skip: `too_long`, `identical`, or `malformed` when the renderer
     rejects the messages."""
-    try:
-        prompt_tokens = renderer.build_generation_prompt(comparison.prompt)
-        chosen = renderer.build_completion_example(comparison.prompt, comparison.chosen)
-        rejected = renderer.build_completion_example(comparison.prompt, comparison.rejected)
-    except ValueError as error:
-        return Skip("malformed", f"renderer: {error}")
-    prompt_length = len(prompt_tokens)
-    for example in (chosen, rejected):
-        # The renderer promises this; DPO's shared-prompt log-probs silently go wrong without it.
-        if example.tokens[:prompt_length] != prompt_tokens:
-            raise ValueError(
-                "renderer broke its contract: the generation prompt is not a prefix of the example"
-            )
+    return tokenize_comparisons([comparison], renderer, max_length)[0]
+
+
+def tokenize_comparisons(comparisons: Sequence[Comparison], renderer, max_length: int | None) -> list[TokenizedPair | Skip]:
+    """`tokenize_comparison` of each, in one batched tokenizer call."""
+    runs: list = []
+    for comparison in comparisons:
+        try:
+            # In the order the one-pair build_* calls check the messages, so errors read the same.
+            prompt = renderer.generation_prompt_runs(comparison.prompt)
+            runs.append((prompt, renderer.completion_runs(comparison.prompt, comparison.chosen),
+                         renderer.completion_runs(comparison.prompt, comparison.rejected)))
+        except ValueError as error:
+            runs.append(Skip("malformed", f"renderer: {error}"))
+    encoded = iter(renderer.encode_runs([r for item in runs if not isinstance(item, Skip) for r in item]))
+    results: list[TokenizedPair | Skip] = []
+    for item in runs:
+        if isinstance(item, Skip):
+            results.append(item)
+            continue
+        prompt, chosen, rejected = next(encoded), next(encoded), next(encoded)
+        try:
+            renderer.check_prompt_prefix(prompt.tokens, chosen)
+            renderer.check_prompt_prefix(prompt.tokens, rejected)
+        except ValueError as error:
+            results.append(Skip("malformed", f"renderer: {error}"))
+            continue
+        results.append(_pair(len(prompt.tokens), chosen, rejected, max_length))
+    return results
+
+
+def _pair(prompt_length: int, chosen: RenderedExample, rejected: RenderedExample,
+          max_length: int | None) -> TokenizedPair | Skip:
     truncated = False
     if max_length is not None:
         room = max_length - prompt_length
@@ -123,40 +155,32 @@ def _cut(tokens: list[int], weights: list[float], max_length: int | None) -> Tok
     return TokenizedSequence(list(tokens[:max_length]), list(weights[:max_length]))
 
 
-TRAIN_ON_CHOICES: tuple[str, ...] = ("last_assistant", "all_assistant")
-
-
-@dataclass(frozen=True)
-class SupervisedSequence:
-    """Token ids and a loss weight per token; `truncated` says whether max_length cut it."""
-
-    tokens: list[int]
-    weights: list[float]
-    truncated: bool = False
-
-    def __post_init__(self):
-        if len(self.tokens) != len(self.weights):
-            raise ValueError(f"{len(self.tokens)} tokens but {len(self.weights)} weights")
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    @property
-    def num_trained_tokens(self) -> float:
-        """Sum of the weights of tokens that something predicts (the first token has no predictor)."""
-        return float(sum(self.weights[1:]))
+# -- conversations ---------------------------------------------------------------------------------
 
 
 def tokenize_conversation(
     conversation: Conversation, renderer, max_length: int | None, train_on: TrainOn = "last_assistant"
 ) -> SupervisedSequence | Skip:
     """The conversation's tokens, or a Skip: `too_long`, or `malformed` when the renderer rejects it."""
+    return tokenize_conversations([conversation], renderer, max_length, train_on)[0]
+
+
+def tokenize_conversations(conversations: Sequence[Conversation], renderer, max_length: int | None,
+                           train_on: TrainOn = "last_assistant") -> list[SupervisedSequence | Skip]:
+    """`tokenize_conversation` of each, in one batched tokenizer call."""
     if train_on not in TRAIN_ON_CHOICES:
         raise ValueError(f"train_on={train_on!r} is not one of {', '.join(TRAIN_ON_CHOICES)}")
-    try:
-        example = renderer.build_supervised_example(conversation.messages, train_on=train_on)
-    except ValueError as error:
-        return Skip("malformed", f"renderer: {error}")
+    runs: list = []
+    for conversation in conversations:
+        try:
+            runs.append(renderer.supervised_runs(conversation.messages, train_on=train_on))
+        except ValueError as error:
+            runs.append(Skip("malformed", f"renderer: {error}"))
+    encoded = iter(renderer.encode_runs([item for item in runs if not isinstance(item, Skip)]))
+    return [item if isinstance(item, Skip) else _sequence(next(encoded), max_length) for item in runs]
+
+
+def _sequence(example: RenderedExample, max_length: int | None) -> SupervisedSequence | Skip:
     tokens, weights = list(example.tokens), list(example.weights)
     truncated = max_length is not None and len(tokens) > max_length
     if truncated:
@@ -169,97 +193,3 @@ def tokenize_conversation(
             f"the first trained token is token {first_trained}; max_length={max_length} leaves none to train on",
         )
     return sequence
-
-
-@dataclass(frozen=True)
-class PreferenceData:
-    train: list[TokenizedPair]
-    test: list[TokenizedPair]
-    summary: DatasetSummary
-
-
-def load_preference_data(
-    builder: DPODatasetBuilder,
-    renderer,
-    max_length: int | None,
-    *,
-    verbose: bool = True,
-    console: Console | None = None,
-) -> PreferenceData:
-    """Build, tokenize and summarize a preference data set (see the module docstring)."""
-    if max_length is not None and max_length < 1:
-        raise ValueError(f"max_length must be a positive number of tokens or None, got {max_length}")
-    tokenize = functools.partial(tokenize_comparison, renderer=renderer, max_length=max_length)
-    splits, train, test, skipped = _build_and_tokenize(builder, tokenize, "pair", NoUsablePairsError, max_length)
-    summary = DatasetSummary(
-        name=builder.name(),
-        rows_read=dict(splits.rows_read),
-        train_pairs=len(train),
-        test_pairs=len(test),
-        skipped=dict(skipped.counts),
-        skip_examples=dict(skipped.examples),
-        unused_pairs=splits.unused_pairs,
-        truncated_pairs=sum(pair.truncated for pair in (*train, *test)),
-        max_length=max_length,
-        train_lengths=LengthStats.of(train),
-        test_lengths=LengthStats.of(test),
-    )
-    if verbose:
-        print_summary(summary, console)
-    return PreferenceData(train=train, test=test, summary=summary)
-
-
-@dataclass(frozen=True)
-class SupervisedData:
-    train: list[SupervisedSequence]
-    test: list[SupervisedSequence]
-    summary: SupervisedDataSummary
-
-
-def load_supervised_data(
-    builder: SupervisedDatasetBuilder,
-    renderer,
-    max_length: int | None,
-    train_on: TrainOn = "last_assistant",
-    *,
-    verbose: bool = True,
-    console: Console | None = None,
-) -> SupervisedData:
-    """Build, tokenize and summarize a supervised data set (see the module docstring)."""
-    if max_length is not None and max_length < 2:
-        raise ValueError(f"max_length must be at least 2 tokens or None, got {max_length}")
-    tokenize = functools.partial(tokenize_conversation, renderer=renderer, max_length=max_length, train_on=train_on)
-    splits, train, test, skipped = _build_and_tokenize(builder, tokenize, "example", NoUsableExamplesError,
-                                                       max_length, noun="conversation")
-    summary = SupervisedDataSummary(
-        name=builder.name(),
-        rows_read=dict(splits.rows_read),
-        train_examples=len(train),
-        test_examples=len(test),
-        skipped=dict(skipped.counts),
-        skip_examples=dict(skipped.examples),
-        unused_examples=splits.unused_examples,
-        truncated_examples=sum(sequence.truncated for sequence in (*train, *test)),
-        max_length=max_length,
-        train_on=train_on,
-        train_lengths=SequenceLengthStats.of(train),
-        test_lengths=SequenceLengthStats.of(test),
-    )
-    if verbose:
-        print_supervised_summary(summary, console)
-    return SupervisedData(train=train, test=test, summary=summary)
-
-
-def _build_and_tokenize(builder, tokenize, label: str, no_usable: type[Exception], max_length: int | None,
-                        noun: str | None = None):
-    """(the builder's splits, tokenized train, tokenized test, every skip): what does not tokenize is
-    counted at `"train <label> <i>"`; no training item left raises `no_usable`."""
-    splits = builder()
-    skipped = SkipCounts()
-    skipped.merge(splits.skipped)
-    train = skipped.keep(map(tokenize, splits.train), f"train {label}")
-    test = skipped.keep(map(tokenize, splits.test), f"test {label}")
-    if not train:
-        raise no_usable(f"{builder.name()}: no training {noun or label} fits max_length={max_length}. "
-                        f"Skipped rows: {skipped.describe()}")
-    return splits, train, test, skipped

@@ -281,8 +281,8 @@ def ifeval_metrics(causal_lm, renderer, rows: list[dict], info: dist_utils.DistI
     """prompt_strict, prompt_loose, instruction_strict, instruction_loose over all `rows`."""
     mine = rows[info.rank :: info.world_size]
     filler = dist_utils.lockstep_filler(len(rows), len(mine), info, lockstep)
-    prompts = [renderer.build_generation_prompt([{"role": "user", "content": row["prompt"]}])
-               for row in mine + rows[:filler]]
+    prompts = [example.tokens for example in renderer.encode_runs(
+        [renderer.generation_prompt_runs([{"role": "user", "content": row["prompt"]}]) for row in mine + rows[:filler]])]
     stop_token_ids = list(renderer.get_stop_token_ids())
     completions = sample(causal_lm, prompts, SamplingSettings(max_new_tokens=max_new_tokens),
                          stop_token_ids=stop_token_ids, pad_token_id=padding_token_id(renderer.tokenizer, stop_token_ids),

@@ -195,6 +195,8 @@ def main(config: EvalConfig) -> int:
 
     log_dir = Path(config.log_dir) if config.log_dir else default_log_dir(config.model_path)
     console = Console()
+    if not console.is_terminal:  # a log file: room for the interval column instead of wrapped cells
+        console = Console(width=160)
     results_by_label = {}
     for label, path, name, renderer in models:
         console.print(f"[bold]{label}[/bold]: {path} (renderer {renderer})")

@@ -176,8 +176,10 @@ def _render_prompts(config: Config, renderer, console) -> tuple[list[PromptItem]
     source = config.prompts()
     config.reward.check_prompts(source)  # e.g. reward=ifeval on prompts without instructions: fail now
     items, tokens, too_long = [], [], 0
-    for item in source:
-        rendered = renderer.build_generation_prompt(list(item.messages))
+    # One batched tokenizer call for every prompt (cookbook.renderers.base), as for training data.
+    examples = renderer.encode_runs([renderer.generation_prompt_runs(list(item.messages)) for item in source])
+    for item, example in zip(source, examples, strict=True):
+        rendered = example.tokens
         if len(rendered) + max(config.max_new_tokens, MIN_COMPLETION_TOKENS) > config.max_length:
             too_long += 1
             continue

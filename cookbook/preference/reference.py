@@ -217,7 +217,8 @@ def prepare_reference(run, policy: torch.nn.Module, policy_fingerprint: str, ref
     batches = {"train": train_batches,
                "test": [ids for ids in eval_batches(len(data.test), config.micro_batch_size, info.rank, info.world_size) if ids]}
     needed = {split: sorted({i for ids in split_batches for i in ids}) for split, split_batches in batches.items()}
-    data_digest = data_key(data.train, data.test)
+    # The loaded data names itself (its cache key); other data is hashed pair by pair.
+    data_digest = getattr(data, "fingerprint", "") or data_key(data.train, data.test)
     # On resume the reference weights are not loaded (the key needs their fingerprint): a cache for
     # the same data, written by this run, is trusted.
     cached = None

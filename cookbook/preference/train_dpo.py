@@ -20,8 +20,8 @@ from pathlib import Path
 import chz
 from torch import nn
 
+from cookbook.datasets.load import load_preference_data
 from cookbook.datasets.preference import PREFERENCE_DATASETS, DemoBuilder, DPODatasetBuilder
-from cookbook.datasets.tokenize import load_preference_data
 from cookbook.preference.batching import make_collate
 from cookbook.preference.evaluation import evaluate_pairs
 from cookbook.preference.reference import model_fingerprint, prepare_reference

@@ -20,9 +20,9 @@ from pathlib import Path
 import chz
 from torch import nn
 
+from cookbook.datasets.load import SupervisedData, load_supervised_data
 from cookbook.datasets.summary import print_supervised_example
 from cookbook.datasets.supervised import SUPERVISED_DATASETS, SupervisedDatasetBuilder
-from cookbook.datasets.tokenize import SupervisedData, load_supervised_data
 from cookbook.renderers.base import TrainOn
 from cookbook.supervised.batching import SupervisedBatch, SupervisedLayout, make_supervised_collate
 from cookbook.supervised.step import evaluate_supervised, sft_forward, step_metrics, trained_token_count

@@ -1,0 +1,236 @@
+"""Preparing a real-size preference file for training: time and peak memory, ours against TRL.
+
+    python benchmarks/data_prep.py --sizes 5000,50000,160000                     # ours only (.venv)
+    benchmarks/.venv-bench/bin/python benchmarks/data_prep.py --vs-trl --sizes 5000,50000,160000
+
+For each size it writes a synthetic JSONL file of pairs made of real words (each a whole word of the
+SmolLM2 vocabulary, drawn with Zipf frequencies by token id, since BPE ids follow frequency and a
+tokenizer's speed depends on how often words repeat; prompt ~128 tokens, replies ~192 each, as a
+hh-rlhf-sized pair) in the
+conversational prompt/chosen/rejected schema that both our file builder and TRL read as they are.
+Then, each in its own subprocess (so its peak RSS is its own): ours cold (an empty tokenized-data
+cache) and warm (the same again), and with --vs-trl TRL 1.16's `DPOTrainer` cold (an empty
+`datasets` cache) and warm, with `dataset_num_proc=2`. A child loads the bundled model and
+tokenizer and prepares the data until the trainer could take its first step: ours
+`load_preference_data`, TRL's `DPOTrainer(...)` construction, which tokenizes the dataset. It
+reports wall and CPU seconds and the peak RSS of itself and of its worker processes.
+
+Any child that fails fails the run (exit 1, after writing the result). The raw result, with the
+command, versions and machine, goes to --out (default benchmarks/results/data_prep.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPT_TOKENS, REPLY_TOKENS = 128, 192
+
+
+def word_vocabulary(tokenizer) -> list[str]:
+    """Vocabulary entries that are one lowercase word with a leading space (one token each), most
+    frequent (lowest id) first."""
+    entries = sorted((token_id, token) for token, token_id in tokenizer.get_vocab().items()
+                     if token.startswith("Ġ") and token[1:].isalpha() and token[1:].islower())
+    return [token.replace("Ġ", " ") for _, token in entries]
+
+
+def write_pairs(path: Path, count: int, seed: int = 0) -> None:
+    from cookbook.models import load_tokenizer
+
+    words = word_vocabulary(load_tokenizer())
+    weights = list(itertools.accumulate(1 / (rank + 10) for rank in range(len(words))))
+    rng = random.Random(seed)
+
+    def text(n: int) -> str:
+        return "".join(rng.choices(words, cum_weights=weights, k=n)).strip()
+
+    with path.open("w", encoding="utf-8") as handle:
+        for _ in range(count):
+            row = {"prompt": [{"role": "user", "content": text(rng.randint(PROMPT_TOKENS // 2, PROMPT_TOKENS * 3 // 2))}],
+                   "chosen": [{"role": "assistant", "content": text(rng.randint(REPLY_TOKENS // 2, REPLY_TOKENS * 3 // 2))}],
+                   "rejected": [{"role": "assistant", "content": text(rng.randint(REPLY_TOKENS // 2, REPLY_TOKENS * 3 // 2))}]}
+            handle.write(json.dumps(row) + "\n")
+
+
+# -- the children ---------------------------------------------------------------------------------------
+
+
+def child_ours(path: str, max_length: int) -> dict:
+    from cookbook.datasets.load import load_preference_data
+    from cookbook.datasets.preference import FileBuilder
+    from cookbook.models import load_model_and_tokenizer
+    from cookbook.renderers import default_renderer_name, get_renderer
+
+    _, tokenizer = load_model_and_tokenizer("smollm2-135m-instruct", dtype="float32", device="cpu")
+    renderer = get_renderer(default_renderer_name(tokenizer), tokenizer)
+    data = load_preference_data(FileBuilder(path=path, test_size=200), renderer, max_length, verbose=False)
+    first = data.train[0]
+    return {"train_pairs": len(data.train), "test_pairs": len(data.test), "cache": data.cache_note.split(",")[0],
+            "first_pair_tokens": len(first.chosen) + len(first.rejected)}
+
+
+def child_trl(path: str, max_length: int) -> dict:
+    import datasets
+    from trl import DPOConfig, DPOTrainer
+
+    from cookbook.models import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer("smollm2-135m-instruct", dtype="float32", device="cpu")
+    train = datasets.load_dataset("json", data_files=path, split="train")
+    with tempfile.TemporaryDirectory() as out:
+        args = DPOConfig(output_dir=out, max_length=max_length, dataset_num_proc=2, precompute_ref_log_probs=False,
+                         report_to=[], max_steps=1, per_device_train_batch_size=1, save_strategy="no",
+                         use_cpu=True)
+        trainer = DPOTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
+        first = trainer.train_dataset[0]
+    return {"train_pairs": len(trainer.train_dataset),
+            "first_pair_tokens": 2 * len(first["prompt_ids"]) + len(first["chosen_ids"]) + len(first["rejected_ids"])}
+
+
+def run_child(impl: str, path: Path, max_length: int, cache: Path, timeout: float) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "COOKBOOK_DATA_CACHE": str(cache / "cookbook"), "HF_DATASETS_CACHE": str(cache / "datasets"),
+           "PYTHONPATH": str(REPO)}
+    env.pop("TOKENIZERS_PARALLELISM", None)  # each side as its users run it: the tokenizer's own threads on
+    command = [sys.executable, __file__, "--child", impl, "--file", str(path), "--max-length", str(max_length)]
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"impl": impl, "ok": False, "error": f"timed out after {timeout:.0f} s"}
+    if proc.returncode != 0:
+        return {"impl": impl, "ok": False, "error": f"exit {proc.returncode}: {proc.stderr[-2000:]}"}
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"impl": impl, "ok": True, "outer_wall_s": time.perf_counter() - started, **result}
+
+
+def child_main(impl: str, path: str, max_length: int) -> None:
+    started, cpu_started = time.perf_counter(), time.process_time()
+    result = (child_ours if impl == "ours" else child_trl)(path, max_length)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result.update({"wall_s": time.perf_counter() - started,
+                   "cpu_s": time.process_time() - cpu_started + children.ru_utime + children.ru_stime,
+                   "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                   "workers_peak_rss_gib": children.ru_maxrss / 2**20})
+    print(json.dumps(result))
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
+            "load_average": os.getloadavg()}
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name"))
+        meminfo = Path("/proc/meminfo").read_text().splitlines()[0]
+        info["memory_gib"] = int(meminfo.split()[1]) / 2**20
+    except (OSError, StopIteration):
+        pass
+    return info
+
+
+def versions() -> dict:
+    import importlib.metadata
+
+    out = {}
+    for name in ("torch", "transformers", "tokenizers", "datasets", "trl", "numpy"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    try:
+        out["cookbook_commit"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                                                text=True).stdout.strip()
+    except OSError:
+        out["cookbook_commit"] = None
+    return out
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| pairs | impl | cache | wall s | CPU s | CPU ms/pair | peak RSS GiB | workers' peak RSS GiB |",
+             "|---:|---|---|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        if not row["ok"]:
+            lines.append(f"| {row['pairs']:,} | {row['impl']} | {row['state']} | failed: {row['error'][:80]} | | | | |")
+            continue
+        lines.append(f"| {row['pairs']:,} | {row['impl']} | {row['state']} | {row['wall_s']:.1f} | {row['cpu_s']:.1f} | "
+                     f"{1000 * row['cpu_s'] / row['pairs']:.2f} | {row['peak_rss_gib']:.2f} | "
+                     f"{row['workers_peak_rss_gib']:.2f} |")
+    return "\n".join(lines)
+
+
+def ratios(rows: list[dict]) -> list[str]:
+    """TRL / ours wall time at each size and cache state (higher: ours faster)."""
+    lines = []
+    for size in sorted({row["pairs"] for row in rows}):
+        for state in ("cold", "warm"):
+            pair = {row["impl"]: row for row in rows if row["pairs"] == size and row["state"] == state}
+            if "ours" in pair and "trl" in pair and pair["ours"]["ok"] and pair["trl"]["ok"]:
+                lines.append(f"- TRL / ours, {size:,} pairs, {state}: wall x{pair['trl']['wall_s'] / pair['ours']['wall_s']:.2f}, "
+                             f"peak RSS ours {pair['ours']['peak_rss_gib']:.2f} GiB vs TRL "
+                             f"{pair['trl']['peak_rss_gib'] + pair['trl']['workers_peak_rss_gib']:.2f} GiB (with workers)")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="5000,50000,160000", help="comma list of pair counts")
+    parser.add_argument("--vs-trl", action="store_true", help="also TRL's DPOTrainer (needs the bench env)")
+    parser.add_argument("--max-length", type=int, default=1024)
+    parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--work", default=None, help="folder for the files and caches (default: a temporary one)")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "data_prep.json"))
+    parser.add_argument("--child", choices=("ours", "trl"), help=argparse.SUPPRESS)
+    parser.add_argument("--file", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child_main(args.child, args.file, args.max_length)
+        return 0
+    sizes = [int(size) for size in args.sizes.split(",")]
+    work = Path(args.work or tempfile.mkdtemp(prefix="data-prep-"))
+    work.mkdir(parents=True, exist_ok=True)
+    record = {"command": [sys.executable, *sys.argv], "versions": versions(), "machine": machine(),
+              "settings": {"max_length": args.max_length, "prompt_tokens": PROMPT_TOKENS, "reply_tokens": REPLY_TOKENS},
+              "rows": []}
+    impls = ["ours", "trl"] if args.vs_trl else ["ours"]
+    for size in sizes:
+        path = work / f"pairs-{size}.jsonl"
+        if not path.exists():
+            write_pairs(path, size)
+        for impl in impls:
+            cache = work / f"cache-{impl}-{size}"
+            for state in ("cold", "warm"):
+                row = {"pairs": size, "state": state, "file_mib": path.stat().st_size / 2**20,
+                       **run_child(impl, path, args.max_length, cache, args.timeout)}
+                record["rows"].append(row)
+                print(json.dumps(row), flush=True)
+    record["table"] = format_table(record["rows"])
+    record["ratios"] = ratios(record["rows"])
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
+    print(record["table"])
+    print("\n".join(record["ratios"]))
+    failed = [row for row in record["rows"] if not row["ok"]]
+    if failed:
+        print(f"{len(failed)} measurement(s) failed; the headline ratios leave them out and the run fails",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
