@@ -1,5 +1,5 @@
 """Two CPU processes (gloo) give the same losses and weights as one process with the same global
-batch, under DDP and FSDP2, and every rank holds identical parameters and gradients."""
+batch, for DPO and SFT, under DDP and FSDP2, and every rank holds identical parameters and gradients."""
 
 import json
 import os
@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from cookbook.recipes.preference.train import cli
+from cookbook.recipes.sft.train import cli as sft_cli
 from cookbook.training.metrics import read_metrics
 
 pytestmark = pytest.mark.distributed
@@ -73,6 +74,43 @@ def test_two_ranks_match_one_process(tmp_path, tiny_model_dir, single_process_ru
         update1, update2 = (w1[name] - start[name]).flatten(), (w2[name] - start[name]).flatten()
         assert torch.nn.functional.cosine_similarity(update1, update2, dim=0) > 0.98, name
         assert ((w1[name] - w2[name]).abs() > 1e-4).float().mean() < 0.05, name
+
+
+SFT_ARGS = ["dataset.preference.max_pairs=24", "dataset.preference.test_size=8", "max_length=128",
+            "show_example=false", "max_steps=3", "batch_size=8", "micro_batch_size=2", "eval_every=2",
+            "learning_rate=1e-3", "precision=fp32"]
+
+
+@pytest.fixture(scope="module")
+def sft_single_process_run(tmp_path_factory, tiny_model_dir):
+    log_path = tmp_path_factory.mktemp("sft-single") / "run"
+    sft_cli([f"log_path={log_path}", f"model_name={tiny_model_dir}", *SFT_ARGS])
+    return log_path
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_sft_two_ranks_match_one_process(tmp_path, tiny_model_dir, sft_single_process_run, strategy):
+    """SFT's loss is the mean NLL per trained token of the global batch, so splitting the batch over
+    two ranks must not change it (fp32: the DPO test's tolerances)."""
+    log_path = tmp_path / strategy
+    torchrun("-m", "cookbook.recipes.sft.train", f"log_path={log_path}", f"model_name={tiny_model_dir}",
+             *SFT_ARGS, f"distributed={strategy}")
+    one, two = read_metrics(sft_single_process_run), read_metrics(log_path)
+    assert [r["step"] for r in one] == [r["step"] for r in two]
+    assert [r["step"] for r in one if "loss" in r] == [1, 2, 3]
+    assert [r["step"] for r in one if "test/nll" in r] == [0, 2, 3]
+    for a, b in zip(one, two):
+        for key in ("loss", "sequence_nll", "num_sequences", "num_trained_tokens", "num_tokens", "test/nll"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    assert json.loads((log_path / "config.json").read_text())["distributed"] == strategy
+    w1 = load_file(sft_single_process_run / "final" / "model.safetensors")
+    w2 = load_file(log_path / "final" / "model.safetensors")
+    assert w1.keys() == w2.keys()
+    start = load_file(Path(tiny_model_dir) / "model.safetensors")
+    assert any(not torch.equal(w1[name], start[name]) for name in w1)  # the runs trained
+    for name in w1:
+        torch.testing.assert_close(w1[name], w2[name], rtol=1e-4, atol=5e-5, msg=name)
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])

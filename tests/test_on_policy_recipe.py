@@ -1,5 +1,6 @@
 """The on-policy recipe through its CLI, on a tiny random-init model: rounds, files, metrics, the
-round-start reference, resume after kill -9, and a round without pairs."""
+round-start reference, resume after kill -9, a round without pairs, and the in-run IFEval
+against the eval command."""
 
 import json
 import math
@@ -11,9 +12,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import save_tiny_model
 from safetensors.torch import load_file
 
 from cookbook.cli import run_cli
+from cookbook.eval.run_inspect_evals import cli as eval_cli
 from cookbook.on_policy.rounds import read_round
 from cookbook.on_policy.train_on_policy import main
 from cookbook.recipes.preference.on_policy import cli
@@ -217,3 +220,40 @@ def test_ifeval_at_the_start_after_each_round_and_at_the_end(tmp_path, tiny_mode
         assert record["test/ifeval_instruction_loose"] >= record["test/ifeval_instruction_strict"]
     # A random model follows some instructions (e.g. "no commas") but far from all of them.
     assert 0.0 < max(r["test/ifeval_instruction_strict"] for r in evals) < 0.5
+
+
+@pytest.fixture(scope="module")
+def untied_model_dir(tmp_path_factory, tokenizer):
+    # With tied embeddings a random model's greedy reply repeats the prompt's last token ("\n"),
+    # which follows no instruction; an untied head writes words that follow some.
+    return str(save_tiny_model(tmp_path_factory.mktemp("untied-model"), tokenizer, tie_word_embeddings=False))
+
+
+def test_in_run_ifeval_equals_the_eval_command_on_the_final_checkpoint(tmp_path, untied_model_dir, prompt_file):
+    """The end-of-run test/ifeval_* of the dev split are what `run_inspect_evals tasks=cookbook/ifeval
+    ifeval_source=bundled ifeval_split=dev` scores on the saved final checkpoint, with the same
+    max tokens and greedy decoding: the two paths render, decode and score alike."""
+    sys.path.insert(0, str(HERE))
+    log_path = tmp_path / "run"
+    replaced = ("rounds=", "eval_ifeval=")
+    cli([a for a in args(log_path, untied_model_dir, prompt_file) if not a.startswith(replaced)]
+        + ["rounds=1", "eval_ifeval=true", "eval_max_new_tokens=24"])
+    evals = [r for r in read_metrics(log_path) if "test/ifeval_prompt_strict" in r]
+    assert [r["step"] for r in evals] == [0, 2]
+    in_run = evals[-1]
+
+    # The in-run eval decodes the fp32 master weights without autocast; on a GPU the command's
+    # dtype=auto would pick bf16, so the dtype is named.
+    status = eval_cli([f"model_path={log_path / 'final'}", "tasks=cookbook/ifeval", "ifeval_source=bundled",
+                       "ifeval_split=dev", "max_tokens=24", "temperature=0", "dtype=float32", "batch_size=8",
+                       "display=none", f"log_dir={tmp_path / 'eval'}"])
+    assert status == 0
+    (result,) = json.loads((tmp_path / "eval" / "summary.json").read_text())["results"]["model"]
+    assert result["status"] == "success" and result["samples"] == 64
+    scores = {key: result["metrics"][key.replace("_", "_level_", 1)]
+              for key in ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")}
+    for key, score in scores.items():
+        assert in_run[f"test/ifeval_{key}"] == pytest.approx(score, abs=1e-9), (key, in_run, scores)
+    assert 0 < in_run["test/ifeval_instruction_strict"] < 1  # scores of 0 or 1 on both sides would show little
+    # Training moved the scores, so the eval compared is the trained model's, not the start's.
+    assert [in_run[f"test/ifeval_{key}"] for key in scores] != [evals[0][f"test/ifeval_{key}"] for key in scores]

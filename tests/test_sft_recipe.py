@@ -1,14 +1,21 @@
-"""The SFT recipe through its real CLI on a tiny random-init model, and the SFT -> DPO chain."""
+"""The SFT recipe through its real CLI on a tiny random-init model, its exact resume, and the
+SFT -> DPO chain."""
 
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import chz
 import pytest
+import torch
+from safetensors.torch import load_file
 
+from cookbook.errors import RunStopped
 from cookbook.recipes.preference.train import cli as dpo_cli
 from cookbook.recipes.sft.train import cli
+from cookbook.training import metrics as metrics_module
 from cookbook.training.metrics import read_metrics
 
 FAST = ["dataset.preference.max_pairs=48", "dataset.preference.test_size=16", "max_length=128",
@@ -58,6 +65,43 @@ def test_packed_and_padded_rows_train_the_same(tmp_path, tiny_model_dir):
     for a, b in zip(packed, padded):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
     assert packed[0]["slot_fill"] == 1.0 > padded[0]["slot_fill"]
+
+
+def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, tiny_model_dir, monkeypatch):
+    """A Ctrl-C after step 2 saves a resumable checkpoint; resuming from it repeats the uninterrupted
+    run exactly (weights, optimizer, schedule, data order and RNG all come back)."""
+    common = ("max_steps=5", "eval_every=2", "learning_rate=1e-3", "lr_schedule=cosine", "warmup_steps=1",
+              "precision=fp32")
+    straight = run(tmp_path, tiny_model_dir, *common, name="straight")
+
+    original = metrics_module.MetricLogger.log_metrics
+
+    def log_and_interrupt(self, metrics, step):
+        original(self, metrics, step)
+        if step == 2 and "nll" in metrics and "test/nll" not in metrics:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(metrics_module.MetricLogger, "log_metrics", log_and_interrupt)
+    with pytest.raises(RunStopped):
+        run(tmp_path, tiny_model_dir, *common, name="resumed")
+    monkeypatch.setattr(metrics_module.MetricLogger, "log_metrics", original)
+    interrupted = tmp_path / "resumed"
+    assert not (interrupted / "final").exists()
+    stopped_at = max(r["step"] for r in train_records(interrupted))
+    assert 2 <= stopped_at < 5 and (interrupted / f"step_{stopped_at:06d}" / "training_state.pt").exists()
+
+    run(tmp_path, tiny_model_dir, *common, "behavior_if_log_dir_exists=resume", name="resumed")
+    a = load_file(straight / "final" / "model.safetensors")
+    b = load_file(interrupted / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    ra, rb = read_metrics(straight), read_metrics(interrupted)
+    assert [r["step"] for r in ra] == [r["step"] for r in rb]
+    assert [r["step"] for r in train_records(straight)] == [1, 2, 3, 4, 5]
+    for x, y in zip(ra, rb):
+        for key in ("loss", "nll", "sequence_nll", "num_trained_tokens", "grad_norm", "learning_rate", "test/nll"):
+            assert x.get(key) == y.get(key), (x["step"], key)
 
 
 def test_trains_on_a_messages_file_given_only_its_path(tmp_path, tiny_model_dir):
