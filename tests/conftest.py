@@ -50,3 +50,8 @@ def _offline_hub(monkeypatch):
 
 def pytest_configure(config):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Parallel test workers share the cores: one torch thread each (and in the processes they
+        # start), or their OpenMP threads spin waiting for each other.
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)

@@ -88,7 +88,7 @@ class Config(PreferenceConfig):
                           "about 2x the decoding speed on a CPU with native bf16 (full fine-tuning; a LoRA run "
                           "samples in fp32 either way)")
     eval_ifeval: bool = chz.field(default=False, doc="IFEval on the dev half of the bundled set (greedy, as "
-                                  "`run_inspect_evals tasks=cookbook/ifeval ifeval_split=dev` scores it) at the start, "
+                                  "`run_inspect_evals tasks=cookbook/ifeval ifeval_split=dev dtype=float32` scores it) at the start, "
                                   "the end and every eval_every steps, logged as test/ifeval_* (held out from training; "
                                   "report on ifeval_split=test)")
     eval_max_new_tokens: int = chz.field(default=512, doc="Most tokens of an IFEval reply (run_inspect_evals' "
