@@ -7,12 +7,21 @@ and settings.
     python benchmarks/dpo_throughput.py --model 1b --pairs-per-step 8     # on a GPU (bf16-mixed, flex attention)
     benchmarks/.venv-bench/bin/python benchmarks/dpo_throughput.py --vs-trl   # after setup_bench_env.sh
 
+    python benchmarks/dpo_throughput.py --precision bf16-mixed --steps 1 --profile   # where a step's time goes
+
 Prints one table (markdown) of real tokens/s, pairs/s, MFU, peak memory and reference-pass time per
-configuration, then the speed-up of each technique over padded rows and, with --vs-trl, ours / TRL.
+configuration, then the speed-up of each technique over padded rows and, with --vs-trl, ours / TRL
+and the headline: ours default / TRL best. Writes the run's record (command, versions, machine, load
+average at start and end, every row, failed ones included) to
+benchmarks/results/dpo_throughput_<max-length>.json (`--json-out` elsewhere). If any configuration
+fails (killed, crashed, timed out, or TRL's tokens differ from ours), the run exits non-zero, and a
+headline that compares a failed configuration is not written: the best *surviving* TRL row is not
+TRL's best.
 
 Why it is built this way:
 - Pairs are synthetic but made of real text: each token is a whole word of the SmolLM2 vocabulary
-  (" word"), so the text TRL tokenizes gives back exactly our token ids (checked in every TRL run).
+  (" word"), so the text TRL tokenizes gives back exactly our token ids (checked in every TRL run;
+  a difference stops the run).
   Lengths are uniform in [min_frac, 1] x max_length, so ~2/3 of padded slots hold real tokens.
 - "Real tokens" are prompt+chosen plus prompt+rejected, the tokens a padded layout holds: the same
   count for every layout and for TRL, so tokens/s ratios are ratios of step time.
@@ -27,6 +36,9 @@ Why it is built this way:
   copy inside every step.
 - MFU counts 6*N FLOPs per real token for the policy, plus 2*N when the reference runs in the step;
   N is the matmul parameters (embeddings count only as the LM head). Attention FLOPs are left out.
+- `--profile` runs one more step after the timed ones under torch.profiler (so the timed figures
+  carry no profiler overhead) and records the shares of its CPU time: attention, LM head, the
+  decoder's other matmuls, AdamW and the rest.
 """
 
 from __future__ import annotations
@@ -196,6 +208,7 @@ class RunResult:
     cpu_seconds_per_step: float
     tokens_per_cpu_second: float
     note: str = ""
+    profile: dict | None = None  # with --profile: where one extra, untimed step's CPU time went
 
 
 def resolve_device(args):
@@ -249,7 +262,8 @@ def run_ours(args, layout: str, reference_mode: str, precision: str) -> RunResul
     device = resolve_device(args)
     plan = plan_for(precision, device)
     tokenizer = load_tokenizer()
-    total_steps = args.warmup_steps + args.steps
+    timed_stop = args.warmup_steps + args.steps
+    total_steps = timed_stop + (1 if args.profile else 0)  # the profiled step comes after the timed ones
     pairs, _ = make_pairs(tokenizer, total_steps * args.pairs_per_step, args.max_length, args.min_frac,
                           args.prompt_frac, args.seed)
     attention = attention_for(layout, args, device)
@@ -287,9 +301,14 @@ def run_ours(args, layout: str, reference_mode: str, precision: str) -> RunResul
     step_times, cpu_times, in_step_reference, real_tokens, slots = [], [], 0.0, 0, 0
     synchronize(device)
     previous, previous_cpu = time.perf_counter(), time.process_time()
+    profile = None
     for step, indices in enumerate(batch_indices):
         if step == args.warmup_steps and device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        profiler = None
+        if step == timed_stop:
+            profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True)
+            profiler.__enter__()
         batch = collate(indices)
         if reference is not None:
             ref_start = time.perf_counter()
@@ -304,8 +323,11 @@ def run_ours(args, layout: str, reference_mode: str, precision: str) -> RunResul
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         synchronize(device)
+        if profiler is not None:
+            profiler.__exit__(None, None, None)
+            profile = profile_shares(profiler, causal_lm.config.vocab_size, batch)
         now, now_cpu = time.perf_counter(), time.process_time()
-        if step >= args.warmup_steps:
+        if args.warmup_steps <= step < timed_stop:
             step_times.append(now - previous)
             cpu_times.append(now_cpu - previous_cpu)
             in_step_reference += ref_elapsed
@@ -314,11 +336,39 @@ def run_ours(args, layout: str, reference_mode: str, precision: str) -> RunResul
         previous, previous_cpu = now, now_cpu
     return summarize(args, "ours", layout, reference_mode, plan.name, causal_lm, device, step_times, cpu_times, real_tokens,
                      reference_seconds if reference is None else in_step_reference / len(step_times),
-                     slots, note=f"attn={attention}; load {os.getloadavg()[0]:.1f}")
+                     slots, note=f"attn={attention}; load {os.getloadavg()[0]:.1f}", profile=profile)
+
+
+def profile_shares(profiler, vocab_size: int, batch) -> dict:
+    """Where one step's CPU time went, by the profiler's self time per op: attention (sdpa forward
+    and backward), the LM head (every op on a [*, vocab] tensor but the embedding lookup), the
+    decoder's other matmuls, fused AdamW, and the rest (element-wise kernels, casts, norms, RoPE)."""
+    buckets = dict.fromkeys(("attention", "lm_head", "decoder_matmuls", "optimizer", "other"), 0.0)
+    other_ops: dict[str, float] = {}
+    for event in profiler.key_averages(group_by_input_shape=True):
+        name, shapes = event.key, [s for s in event.input_shapes if isinstance(s, list)]
+        if "scaled_dot_product" in name or "flash_attention" in name:
+            bucket = "attention"
+        elif "embedding" not in name and any(vocab_size in shape for shape in shapes):
+            bucket = "lm_head"
+        elif name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"):
+            bucket = "decoder_matmuls"
+        elif "adam" in name.lower():
+            bucket = "optimizer"
+        else:
+            bucket = "other"
+        buckets[bucket] += event.self_cpu_time_total
+        if bucket == "other":
+            other_ops[name] = other_ops.get(name, 0.0) + event.self_cpu_time_total
+    total = sum(buckets.values())
+    largest_other = sorted(other_ops.items(), key=lambda item: -item[1])[:10]
+    return {"self_cpu_seconds": total / 1e6, "shares": {k: v / total for k, v in buckets.items()},
+            "largest_other_ops": {k: v / total for k, v in largest_other},
+            "row_slots": batch.num_slots, "loss_tokens": int(batch.loss_tokens.target_ids.numel())}
 
 
 def summarize(args, impl, layout, reference_mode, precision, model, device, step_times, cpu_times, real_tokens,
-              reference_seconds, slots, note="") -> RunResult:
+              reference_seconds, slots, note="", profile=None) -> RunResult:
     import torch
 
     seconds = sum(step_times)
@@ -343,6 +393,7 @@ def summarize(args, impl, layout, reference_mode, precision, model, device, step
         cpu_seconds_per_step=sum(cpu_times) / len(cpu_times),
         tokens_per_cpu_second=real_tokens / sum(cpu_times),
         note=note,
+        profile=profile,
     )
 
 
@@ -418,29 +469,31 @@ def run_trl(args, reference_mode: str, precision: str) -> RunResult:
                              processing_class=tokenizer, callbacks=[timer])
         synchronize(device)
         setup_seconds = time.perf_counter() - setup_start
-        mismatches = count_token_mismatches(trainer.train_dataset, pairs)
+        check_tokens(trainer.train_dataset, pairs)
         trainer.train()
     step_times = [b - a for a, b in zip(timer.ends[:-1], timer.ends[1:])][args.warmup_steps:]
     cpu_times = [b - a for a, b in zip(timer.cpu_ends[:-1], timer.cpu_ends[1:])][args.warmup_steps:]
     timed = step_batches(pairs, args.pairs_per_step, total_steps)[args.warmup_steps:]
     real_tokens = sum(len(pairs[i].chosen.tokens) + len(pairs[i].rejected.tokens) for b in timed for i in b)
     slots = sum(collate_padded([pairs[i] for i in b], b, 0).num_slots for b in timed)
-    note = "tokens identical to ours" if mismatches == 0 else f"{mismatches} pairs tokenized differently"
-    note += f"; load {os.getloadavg()[0]:.1f}"
+    note = f"tokens identical to ours; load {os.getloadavg()[0]:.1f}"
     if reference_mode == "precomputed":
         note += f"; trainer setup incl. reference precompute of all batches {setup_seconds:.1f} s"
     return summarize(args, "trl", "padded", reference_mode, plan.name, model, device, step_times, cpu_times, real_tokens,
                      float("nan"), slots, note=note)
 
 
-def count_token_mismatches(tokenized, pairs) -> int:
-    mismatches = 0
-    for row, pair in zip(tokenized, pairs):
-        chosen = row["prompt_ids"] + row["chosen_ids"]
-        rejected = row["prompt_ids"] + row["rejected_ids"]
-        if chosen != pair.chosen.tokens or rejected != pair.rejected.tokens:
-            mismatches += 1
-    return mismatches
+def check_tokens(tokenized, pairs) -> None:
+    """Stop the run unless TRL's tokenization of every pair's text gives exactly our token ids: on
+    other tokens the two sides would not train on the same sequences, and no ratio would mean anything."""
+    if len(tokenized) != len(pairs):
+        raise SystemExit(f"TRL token mismatch: TRL prepared {len(tokenized)} rows for our {len(pairs)} pairs")
+    different = [i for i, (row, pair) in enumerate(zip(tokenized, pairs))
+                 if row["prompt_ids"] + row["chosen_ids"] != pair.chosen.tokens
+                 or row["prompt_ids"] + row["rejected_ids"] != pair.rejected.tokens]
+    if different:
+        raise SystemExit(f"TRL token mismatch: TRL tokenized {len(different)} of {len(pairs)} pairs differently "
+                         f"from our token ids (first: pair {different[0]}); the comparison is not like for like")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -458,16 +511,19 @@ def run_one(args, spec: dict) -> RunResult:
 
 
 def run_in_subprocess(argv: list[str], spec: dict, timeout: float) -> RunResult | str:
+    """The configuration's result, or why it has none (a string)."""
     command = [sys.executable, os.path.abspath(__file__), *argv, "--run-one", json.dumps(spec)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return f"timed out after {timeout:.0f} s"
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return RunResult(**json.loads(line.removeprefix("RESULT ")))
-    tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
-    return "failed: " + " | ".join(tail)
+    if done.returncode < 0:  # no traceback to show: SIGKILL is usually the kernel's OOM killer
+        return f"killed by signal {-done.returncode} (SIGKILL: probably out of memory; try --jobs 1)"
+    results = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode == 0 and results:
+        return RunResult(**json.loads(results[-1].removeprefix("RESULT ")))
+    tail = [line for line in (done.stderr or done.stdout).strip().splitlines() if "it/s]" not in line][-5:]
+    return f"failed (exit {done.returncode}): " + " | ".join(tail)
 
 
 def precision_label(result: RunResult) -> str:
@@ -499,8 +555,9 @@ def _speed(numerator: RunResult, denominator: RunResult) -> str:
             f"tokens/CPU-s x{numerator.tokens_per_cpu_second / denominator.tokens_per_cpu_second:.2f}")
 
 
-def format_ratios(results: list[RunResult], default_layout: str, default_precision: str, max_length: int) -> str:
-    """Each technique against its baseline with everything else equal, then ours against TRL."""
+def format_ratios(results: list[RunResult]) -> str:
+    """Each technique against its baseline with everything else equal, then ours against TRL (the
+    headline, ours default / TRL best, is `headlines`)."""
     lines = []
     ours = {(r.layout, r.reference, r.precision): r for r in results if r.impl == "ours"}
     trl = {(r.reference, r.precision): r for r in results if r.impl == "trl"}
@@ -531,17 +588,41 @@ def format_ratios(results: list[RunResult], default_layout: str, default_precisi
             memory = f"GPU x{o.gpu_peak_bytes / t.gpu_peak_bytes:.2f}" if o.gpu_peak_bytes and t.gpu_peak_bytes else "n/a"
             lines.append(f"- ours {layout} / TRL ({reference_mode}, {precision}): {_speed(o, t)}, peak memory {memory}, "
                          f"host RSS x{o.host_peak_rss_bytes / t.host_peak_rss_bytes:.2f}")
-    # The headline: what the trainer runs by default against TRL's fastest precision, per CPU-second.
-    for reference_mode in REFERENCE_MODES:
-        o = ours.get((default_layout, reference_mode, default_precision))
-        candidates = [t for (m, _), t in trl.items() if m == reference_mode]
-        if o and candidates:
-            best = max(candidates, key=lambda t: t.tokens_per_cpu_second)
-            where = "" if reference_mode == "precomputed" else ", in-step reference"
-            lines.append(f"- ours default / TRL best ({max_length} tokens{where}): "
-                         f"tokens/CPU-s x{o.tokens_per_cpu_second / best.tokens_per_cpu_second:.2f} "
-                         f"(TRL best: {trl_precision_name(best.precision)})")
     return "\n".join(lines)
+
+
+def headlines(outcomes: list[tuple[dict, RunResult | str]], default_layout: str, default_precision: str,
+              max_length: int) -> tuple[list[dict], list[str]]:
+    """Ours default (the trainer's layout and precision) against TRL's fastest precision, per
+    CPU-second, for each reference mode that ran both sides. A headline is computed only if every
+    configuration it compares finished: the best of the *surviving* TRL rows is not TRL's best.
+    Returns (headlines, reasons a headline was withheld)."""
+    found, withheld = [], []
+    for reference_mode in REFERENCE_MODES:
+        ours = [(s, o) for s, o in outcomes if s["impl"] == "ours" and s["reference"] == reference_mode
+                and s["layout"] == default_layout and s["precision"] == default_precision]
+        trl = [(s, o) for s, o in outcomes if s["impl"] == "trl" and s["reference"] == reference_mode]
+        if not ours or not trl:
+            continue
+        where = "" if reference_mode == "precomputed" else ", in-step reference"
+        name = f"ours default / TRL best ({max_length} tokens{where})"
+        failed = [f"{s['impl']} {s['precision']}: {o}" for s, o in ours + trl if isinstance(o, str)]
+        if failed:
+            withheld.append(f"{name}: not computed, a configuration it compares failed ({'; '.join(failed)})")
+            continue
+        mine = ours[0][1]
+        best = max((o for _, o in trl), key=lambda t: t.tokens_per_cpu_second)
+        ratio = mine.tokens_per_cpu_second / best.tokens_per_cpu_second
+        found.append({
+            "name": name, "tokens_per_cpu_second_ratio": ratio,
+            "line": f"- {name}: tokens/CPU-s x{ratio:.2f} (TRL best: {trl_precision_name(best.precision)})",
+            "ours": {"layout": mine.layout, "precision": mine.precision,
+                     "tokens_per_cpu_second": mine.tokens_per_cpu_second},
+            "trl_best": {"precision": trl_precision_name(best.precision),
+                         "tokens_per_cpu_second": best.tokens_per_cpu_second},
+            "trl_compared": [trl_precision_name(o.precision) for _, o in trl],
+        })
+    return found, withheld
 
 
 def _choices(value: str, allowed: tuple[str, ...], option: str) -> list[str]:
@@ -582,9 +663,15 @@ def parse_args(argv=None):
                         help="torch threads per configuration (0: torch's default); 1 makes CPU time robust to other load")
     parser.add_argument("--jobs", type=int, default=1,
                         help="configurations run at once (CPU: use with --threads 1 and compare tok/CPU-s)")
-    parser.add_argument("--json-out", default=None, help="also write the results as JSON here")
+    parser.add_argument("--json-out", default=None,
+                        help="where the run's record goes (default benchmarks/results/dpo_throughput_<max-length>.json)")
+    parser.add_argument("--profile", action="store_true",
+                        help="ours only: after the timed steps, profile one more step and record where its CPU "
+                             "time went (default record: benchmarks/results/dpo_step_profile_<max-length>.json)")
     parser.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.profile and (args.vs_trl or args.trl_only):
+        parser.error("--profile profiles our step only: leave out --vs-trl")
     if args.pairs_per_step is None:
         import torch
 
@@ -613,8 +700,7 @@ def main(argv=None) -> None:
     specs = [] if args.trl_only else [{"impl": "ours", "layout": lo, "reference": m, "precision": p}
                                       for m in modes for p in precisions for lo in layouts]
     if args.vs_trl:
-        if importlib.util.find_spec("trl") is None:
-            raise SystemExit("--vs-trl needs TRL: run bash benchmarks/setup_bench_env.sh and use benchmarks/.venv-bench/bin/python")
+        require_trl()
         specs += [{"impl": "trl", "layout": "padded", "reference": m, "precision": p} for m in modes for p in precisions]
     if args.model == "smollm2":
         from cookbook.models import bundled_model_dir
@@ -622,29 +708,55 @@ def main(argv=None) -> None:
         # Convert the bundled model once, here: subprocesses that convert it at the same time
         # replace each other's cache directory while the other is reading it.
         bundled_model_dir()
+    from run_record import RESULTS_DIR, finish_record, start_record
+
+    record = start_record(__file__, argv)
     child_argv = [a for a in argv if a not in ("--vs-trl", "--trl-only")]
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        outcomes = list(pool.map(lambda spec: run_in_subprocess(child_argv, spec, args.timeout), specs))
+        outcomes = list(zip(specs, pool.map(lambda spec: run_in_subprocess(child_argv, spec, args.timeout), specs)))
     results = []
-    for spec, outcome in zip(specs, outcomes):
+    for spec, outcome in outcomes:
         if isinstance(outcome, str):
             print(f"{spec}: {outcome}", file=sys.stderr, flush=True)
             continue
         print(f"{spec['impl']:4} {spec['layout']:13} {precision_label(outcome):10} {spec['reference']:11} "
               f"{outcome.tokens_per_second:10,.0f} tok/s  {outcome.tokens_per_cpu_second:8,.0f} tok/CPU-s  "
               f"{outcome.step_seconds:7.2f} s/step  {outcome.note}", flush=True)
+        if outcome.profile:
+            shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in outcome.profile["shares"].items())
+            print(f"     profiled step: {outcome.profile['self_cpu_seconds']:.1f} CPU-s; {shares}", flush=True)
         results.append(outcome)
+    found, withheld = headlines(outcomes, default_layout, default_precision, args.max_length)
+    failures = [{"spec": spec, "error": outcome} for spec, outcome in outcomes if isinstance(outcome, str)]
     print()
     print(f"model={args.model} pairs/step={args.pairs_per_step} max_length={args.max_length} "
           f"steps={args.steps} (+{args.warmup_steps} warmup) threads={args.threads or 'default'} jobs={args.jobs}; "
           f"default: layout={default_layout} precision={default_precision}")
     print(format_table(results))
     print()
-    print(format_ratios(results, default_layout, default_precision, args.max_length))
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump({"args": vars(args), "default": {"layout": default_layout, "precision": default_precision},
-                       "results": [asdict(r) for r in results]}, f, indent=2)
+    print("\n".join(filter(None, [format_ratios(results), *(h["line"] for h in found)])))
+    record.update(
+        settings=vars(args), default={"layout": default_layout, "precision": default_precision},
+        rows=[{"spec": spec, "ok": not isinstance(outcome, str),
+               "error": outcome if isinstance(outcome, str) else None,
+               "result": None if isinstance(outcome, str) else asdict(outcome)} for spec, outcome in outcomes],
+        table=format_table(results),
+        ratios=format_ratios(results).splitlines(),
+        headline=found or None, headline_withheld=withheld, failures=failures,
+    )
+    name = "dpo_step_profile" if args.profile else "dpo_throughput"
+    out = finish_record(record, args.json_out or RESULTS_DIR / f"{name}_{args.max_length}.json")
+    print(f"\nrecord: {out}")
+    for reason in withheld:
+        print(f"headline withheld: {reason}", file=sys.stderr)
+    if failures:
+        raise SystemExit(f"{len(failures)} configuration(s) failed; the run fails"
+                         + (" and writes no headline for what they compare" if withheld else ""))
+
+
+def require_trl() -> None:
+    if importlib.util.find_spec("trl") is None:
+        raise SystemExit("--vs-trl needs TRL: run bash benchmarks/setup_bench_env.sh and use benchmarks/.venv-bench/bin/python")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,12 @@ conversations, model, batches, optimizer, learning rate and clipping.
     benchmarks/.venv-bench/bin/python benchmarks/sft_throughput.py        # with TRL, after setup_bench_env.sh
 
 Prints one markdown table (tokens per CPU-second, wall tokens/s, peak RSS per configuration), then
-ratio lines such as `- ours default / TRL best (demo): tokens/CPU-s x1.50`.
+ratio lines such as `- ours default / TRL best (demo): tokens/CPU-s x1.50`. Writes the run's record
+(command, versions, machine, load average at start and end, every row, failed ones included) to
+benchmarks/results/sft_throughput_<sets>.json (`--json-out` elsewhere). If any configuration fails
+(killed, crashed, timed out, or TRL's input ids differ from ours), the run exits non-zero, and a
+headline that compares a failed configuration is not written: the best *surviving* TRL row is not
+TRL's best.
 
 Why it is built this way:
 - Two sets: `demo`, the chosen side of the bundled demo pairs (what `dataset=chosen:demo`, the
@@ -18,7 +23,8 @@ Why it is built this way:
 - TRL gets the conversations in that schedule's order with a sequential sampler and the same
   micro-batches (batch 16 = 2 x 8), as prompt/completion rows, so it tokenizes them itself with the
   model's chat template and trains on the completion only. Every TRL run checks that its input ids
-  equal ours and which tokens it trains on that we do not (the newline after `<|im_end|>`).
+  equal ours (a difference stops the run) and notes which tokens it trains on that we do not (the
+  newline after `<|im_end|>`).
 - "Tokens" are all tokens of the step's conversations, template included: the same count on both
   sides, so tokens/CPU-s ratios are ratios of CPU time per step.
 - Each configuration runs in its own subprocess at 1 torch thread (`--threads`): its peak RSS is its
@@ -161,7 +167,7 @@ def summarize(args, spec: Spec, step_times, cpu_times, tokens, trained, first_lo
 def run_ours(args, spec: Spec) -> RunResult:
     import torch
 
-    from cookbook.datasets.tokenize import SupervisedData
+    from cookbook.datasets.load import SupervisedData
     from cookbook.supervised.batching import make_supervised_collate
     from cookbook.supervised.train_sft import SupervisedTask
     from cookbook.training.config import TrainingConfig
@@ -294,22 +300,24 @@ def run_trl(args, spec: Spec) -> RunResult:
 
 
 def compare_tokens(prepared, ours, tokenizer) -> str:
-    """How TRL's prepared rows (input_ids, labels with -100 off the loss) differ from our sequences:
-    input ids, then trained positions, naming the tokens only one side trains on."""
-    different_ids, extra, missing = 0, Counter(), Counter()
+    """Stop the run unless TRL's prepared rows (input_ids, labels with -100 off the loss) hold exactly
+    our token ids: on other tokens the two sides would not train on the same conversations. Returns
+    how the trained positions differ, naming the tokens only one side trains on."""
+    if len(prepared) != len(ours):
+        raise SystemExit(f"TRL token mismatch: TRL prepared {len(prepared)} rows for our {len(ours)} conversations")
+    different = [i for i, (row, sequence) in enumerate(zip(prepared, ours)) if list(row["input_ids"]) != sequence.tokens]
+    if different:
+        raise SystemExit(f"TRL token mismatch: TRL's input ids differ from ours in {len(different)} of {len(ours)} "
+                         f"conversations (first: {different[0]}); the comparison is not like for like")
+    extra, missing = Counter(), Counter()
     for row, sequence in zip(prepared, ours):
-        if list(row["input_ids"]) != sequence.tokens:
-            different_ids += 1
-            continue
         for token, label, weight in zip(sequence.tokens, row["labels"], sequence.weights):
             if label != -100 and not weight:
                 extra[tokenizer.decode([token])] += 1
             elif label == -100 and weight:
                 missing[tokenizer.decode([token])] += 1
-    if len(prepared) != len(ours):
-        return f"TRL prepared {len(prepared)} rows for our {len(ours)} conversations"
-    parts = [f"input ids identical in {len(ours) - different_ids}/{len(ours)} conversations"]
-    if different_ids == 0 and not extra and not missing:
+    parts = [f"input ids identical in {len(ours)}/{len(ours)} conversations"]
+    if not extra and not missing:
         parts.append("trained tokens identical")
     for name, counter in (("TRL also trains on", extra), ("TRL does not train on", missing)):
         if counter:
@@ -335,11 +343,11 @@ def run_in_subprocess(argv: list[str], spec: Spec, args) -> RunResult | str:
         done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, env=env)
     except subprocess.TimeoutExpired:
         return f"timed out after {args.timeout:.0f} s"
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return RunResult(**json.loads(line.removeprefix("RESULT ")))
     if done.returncode < 0:  # no traceback to show: SIGKILL is usually the kernel's OOM killer
         return f"killed by signal {-done.returncode} (SIGKILL: probably out of memory; try --jobs 1)"
+    results = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode == 0 and results:
+        return RunResult(**json.loads(results[-1].removeprefix("RESULT ")))
     tail = [line for line in (done.stderr or done.stdout).strip().splitlines() if "it/s]" not in line][-6:]
     return f"failed (exit {done.returncode}): " + " | ".join(tail)
 
@@ -359,32 +367,57 @@ def format_table(results: list[RunResult]) -> str:
     return "\n".join(lines)
 
 
-def format_ratios(results: list[RunResult], default_precision: str) -> str:
+def _ratio(a: RunResult, b: RunResult) -> str:
+    return (f"tokens/CPU-s x{a.tokens_per_cpu_second / b.tokens_per_cpu_second:.2f}, "
+            f"wall tokens/s x{a.tokens_per_second / b.tokens_per_second:.2f}, "
+            f"peak RSS x{a.host_peak_rss_bytes / b.host_peak_rss_bytes:.2f}")
+
+
+def headlines(outcomes: list[tuple[Spec, RunResult | str]], default_precision: str) -> tuple[list[dict], list[str]]:
     """Per set: ours default (packed at the precision `auto` picks here) over TRL's fastest
-    configuration, then each of our packed runs over TRL padding-free at the same precision."""
+    configuration of those run. A headline is computed only if every configuration it compares
+    finished: the best of the *surviving* TRL rows is not TRL's best. Returns (headlines, reasons
+    a headline was withheld)."""
+    found, withheld = [], []
+    for data in SETS:
+        ours = [(s, o) for s, o in outcomes if s.impl == "ours" and s.data == data and s.layout == "packed"
+                and s.precision == default_precision]
+        trl = [(s, o) for s, o in outcomes if s.impl == "trl" and s.data == data]
+        if not ours or not trl:
+            continue
+        name = f"ours default / TRL best ({data})"
+        failed = [f"{s.impl} {s.layout} {s.precision}: {o}" for s, o in ours + trl if isinstance(o, str)]
+        if failed:
+            withheld.append(f"{name}: not computed, a configuration it compares failed ({'; '.join(failed)})")
+            continue
+        mine = ours[0][1]
+        best = max((o for _, o in trl), key=lambda r: r.tokens_per_cpu_second)
+        found.append({
+            "name": name, "tokens_per_cpu_second_ratio": mine.tokens_per_cpu_second / best.tokens_per_cpu_second,
+            "line": f"- {name}: {_ratio(mine, best)} (ours packed {default_precision}; TRL {best.layout} {best.precision})",
+            "ours": {"layout": "packed", "precision": default_precision, "tokens_per_cpu_second": mine.tokens_per_cpu_second},
+            "trl_best": {"layout": best.layout, "precision": best.precision,
+                         "tokens_per_cpu_second": best.tokens_per_cpu_second},
+            "trl_compared": [f"{s.layout} {s.precision}" for s, _ in trl],
+        })
+    return found, withheld
+
+
+def format_ratios(results: list[RunResult]) -> str:
+    """Per set: each of our packed runs over TRL padding-free at the same precision, capped rows
+    over one row, bf16-mixed over fp32 (the headline is `headlines`)."""
     lines = []
     for data in SETS:
         ours = {(r.layout, r.precision): r for r in results if r.impl == "ours" and r.data == data}
         trl = {(r.layout, r.precision): r for r in results if r.impl == "trl" and r.data == data}
-
-        def ratio(a: RunResult, b: RunResult) -> str:
-            return (f"tokens/CPU-s x{a.tokens_per_cpu_second / b.tokens_per_cpu_second:.2f}, "
-                    f"wall tokens/s x{a.tokens_per_second / b.tokens_per_second:.2f}, "
-                    f"peak RSS x{a.host_peak_rss_bytes / b.host_peak_rss_bytes:.2f}")
-
-        default = ours.get(("packed", default_precision))
-        if default and trl:
-            best = max(trl.values(), key=lambda r: r.tokens_per_cpu_second)
-            lines.append(f"- ours default / TRL best ({data}): {ratio(default, best)} "
-                         f"(ours packed {default_precision}; TRL {best.layout} {best.precision})")
         for precision in PRECISIONS:
             mine, theirs = ours.get(("packed", precision)), trl.get(("padding_free", precision))
             if mine and theirs:
-                lines.append(f"- ours packed / TRL padding_free, {precision} ({data}): {ratio(mine, theirs)}")
+                lines.append(f"- ours packed / TRL padding_free, {precision} ({data}): {_ratio(mine, theirs)}")
         for precision in PRECISIONS:
             one_row, capped = ours.get(("packed", precision)), ours.get(("packed_capped", precision))
             if one_row and capped:
-                lines.append(f"- ours packed_capped / packed, {precision} ({data}): {ratio(capped, one_row)}")
+                lines.append(f"- ours packed_capped / packed, {precision} ({data}): {_ratio(capped, one_row)}")
         fp32, bf16 = ours.get(("packed", "fp32")), ours.get(("packed", "bf16-mixed"))
         if fp32 and bf16:
             lines.append(f"- ours bf16-mixed / fp32, packed ({data}): tokens/CPU-s "
@@ -423,9 +456,8 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="torch threads per configuration")
     parser.add_argument("--jobs", type=int, default=1, help="configurations run at once")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
-    parser.add_argument("--json-out", default=None, help="write the results here (rewritten after each run)")
-    parser.add_argument("--merge", nargs="+", metavar="JSON", default=None,
-                        help="print one table from earlier --json-out files instead of running")
+    parser.add_argument("--json-out", default=None,
+                        help="where the run's record goes (default benchmarks/results/sft_throughput_<sets>.json)")
     parser.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.impls = _choices(args.impls, ("ours", "trl"), "--impls")
@@ -456,54 +488,68 @@ def main(argv=None) -> list[RunResult]:
         print("RESULT " + json.dumps(asdict(result)), flush=True)
         return [result]
     import torch
+    from run_record import RESULTS_DIR, finish_record, start_record
 
     from cookbook.training.precision import resolve_precision
 
-    if args.merge:
-        runs = [json.loads(open(path).read()) for path in args.merge]
-        results = [RunResult(**r) for run in runs for r in run["results"]]
-        settings = runs[0]["args"]  # the merged files are expected to share these
-    else:
-        if "trl" in args.impls and importlib.util.find_spec("trl") is None:
-            raise SystemExit("TRL is not installed here: run bash benchmarks/setup_bench_env.sh and use "
-                             "benchmarks/.venv-bench/bin/python, or pass --impls ours")
-        results, settings = run_all(args, argv), vars(args)
-    results.sort(key=table_order)
+    if "trl" in args.impls:
+        require_trl()
+    record = start_record(__file__, argv)
+    outcomes = run_all(args, argv)
+    results = sorted((o for _, o in outcomes if not isinstance(o, str)), key=table_order)
     default_precision = resolve_precision("auto", torch.device("cpu"))
+    found, withheld = headlines(outcomes, default_precision)
+    failures = [{"spec": asdict(spec), "error": o} for spec, o in outcomes if isinstance(o, str)]
     print()
-    print("model={model} batch={batch_size} (micro {micro_batch_size}) steps={steps} (+{warmup_steps} warm-up) "
-          "threads={threads}".format(**settings) + f"; precision=auto here: {default_precision}")
+    print(f"model={args.model} batch={args.batch_size} (micro {args.micro_batch_size}) steps={args.steps} "
+          f"(+{args.warmup_steps} warm-up) threads={args.threads}; precision=auto here: {default_precision}")
     print(format_table(results))
     print()
-    print(format_ratios(results, default_precision))
+    print("\n".join(filter(None, [*(h["line"] for h in found), format_ratios(results)])))
+    record.update(
+        settings=vars(args), default={"layout": "packed", "precision": default_precision},
+        rows=[{"spec": asdict(spec), "ok": not isinstance(o, str), "error": o if isinstance(o, str) else None,
+               "result": None if isinstance(o, str) else asdict(o)} for spec, o in outcomes],
+        table=format_table(results), ratios=format_ratios(results).splitlines(),
+        headline=found or None, headline_withheld=withheld, failures=failures,
+    )
+    out = finish_record(record, args.json_out or RESULTS_DIR / f"sft_throughput_{'_'.join(args.sets)}.json")
+    print(f"\nrecord: {out}")
+    for reason in withheld:
+        print(f"headline withheld: {reason}", file=sys.stderr)
+    if failures:
+        raise SystemExit(f"{len(failures)} configuration(s) failed; the run fails"
+                         + (" and writes no headline for what they compare" if withheld else ""))
     return results
 
 
-def run_all(args, argv: list[str]) -> list[RunResult]:
-    """Every configuration in its own subprocess, `--jobs` at a time. Each result is printed, and
-    --json-out rewritten, as soon as it is in, so a session cut short keeps what finished."""
+def require_trl() -> None:
+    if importlib.util.find_spec("trl") is None:
+        raise SystemExit("TRL is not installed here: run bash benchmarks/setup_bench_env.sh and use "
+                         "benchmarks/.venv-bench/bin/python, or pass --impls ours")
+
+
+def run_all(args, argv: list[str]) -> list[tuple[Spec, RunResult | str]]:
+    """Every configuration in its own subprocess, `--jobs` at a time; each result (or why there is
+    none) is printed as soon as it is in."""
     from concurrent.futures import ThreadPoolExecutor
 
-    results: list[RunResult] = []
     lock = threading.Lock()
 
-    def run_and_report(spec: Spec) -> None:
+    def run_and_report(spec: Spec) -> RunResult | str:
         outcome = run_in_subprocess(argv, spec, args)
         with lock:
             if isinstance(outcome, str):
                 print(f"{spec}: {outcome}", file=sys.stderr, flush=True)
-                return
-            print(f"{spec.data:9} {spec.impl:4} {spec.layout:13} {spec.precision:10} "
-                  f"{outcome.tokens_per_cpu_second:8,.0f} tok/CPU-s  loss@1 {outcome.first_loss:.4f}  "
-                  f"{outcome.note}", flush=True)
-            results.append(outcome)
-            if args.json_out:
-                with open(args.json_out, "w") as f:
-                    json.dump({"args": vars(args), "results": [asdict(r) for r in results]}, f, indent=2)
+            else:
+                print(f"{spec.data:9} {spec.impl:4} {spec.layout:13} {spec.precision:10} "
+                      f"{outcome.tokens_per_cpu_second:8,.0f} tok/CPU-s  loss@1 {outcome.first_loss:.4f}  "
+                      f"{outcome.note}", flush=True)
+        return outcome
 
+    specs = specs_for(args)
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        list(pool.map(run_and_report, specs_for(args)))
-    return results
+        return list(zip(specs, pool.map(run_and_report, specs)))
 
 
 def table_order(result: RunResult) -> tuple:

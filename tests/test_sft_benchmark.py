@@ -4,8 +4,10 @@ script cannot silently rot while the recipe's code changes under it. TRL is not 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,8 +19,10 @@ def bench():
     spec = importlib.util.spec_from_file_location("sft_throughput", BENCHMARK)
     module = importlib.util.module_from_spec(spec)
     sys.modules["sft_throughput"] = module  # dataclasses look their module up there
+    sys.path.insert(0, str(BENCHMARK.parent))  # its sibling run_record.py, as when run as a script
     spec.loader.exec_module(module)
     yield module
+    sys.path.remove(str(BENCHMARK.parent))
     sys.modules.pop("sft_throughput", None)
 
 
@@ -56,14 +60,49 @@ def test_synthetic_conversations_are_seeded_and_sized(bench, tokenizer):
         assert 50 <= len(ids) <= 70  # one token per word
 
 
-def test_ratio_lines_name_ours_default_against_trls_best(bench):
-    def result(impl, layout, precision, tokens_per_cpu_second):
-        return bench.RunResult(impl, "demo", layout, precision, 3, 100.0, 10.0, 1.0, 1.0, 100.0,
-                               tokens_per_cpu_second, 2**30, 1.0)
+def _result(bench, impl, layout, precision, tokens_per_cpu_second):
+    return bench.RunResult(impl, "demo", layout, precision, 3, 100.0, 10.0, 1.0, 1.0, 100.0,
+                           tokens_per_cpu_second, 2**30, 1.0)
 
-    results = [result("ours", "packed", "bf16-mixed", 300.0), result("ours", "packed", "fp32", 200.0),
-               result("trl", "padding_free", "fp32", 150.0), result("trl", "padded", "fp32", 100.0)]
-    lines = bench.format_ratios(results, default_precision="bf16-mixed").splitlines()
-    assert lines[0].startswith("- ours default / TRL best (demo): tokens/CPU-s x2.00")
-    assert "- ours packed / TRL padding_free, fp32 (demo): tokens/CPU-s x1.33" in lines[1]
+
+def test_ratio_lines_name_ours_default_against_trls_best(bench):
+    results = [_result(bench, "ours", "packed", "bf16-mixed", 300.0), _result(bench, "ours", "packed", "fp32", 200.0),
+               _result(bench, "trl", "padding_free", "fp32", 150.0), _result(bench, "trl", "padded", "fp32", 100.0)]
+    outcomes = [(bench.Spec(r.impl, r.data, r.layout, r.precision), r) for r in results]
+    found, withheld = bench.headlines(outcomes, default_precision="bf16-mixed")
+    assert withheld == [] and len(found) == 1
+    assert found[0]["line"].startswith("- ours default / TRL best (demo): tokens/CPU-s x2.00")
+    lines = bench.format_ratios(results).splitlines()
+    assert "- ours packed / TRL padding_free, fp32 (demo): tokens/CPU-s x1.33" in lines[0]
     assert lines[-1] == "- ours bf16-mixed / fp32, packed (demo): tokens/CPU-s x1.50"
+
+
+def test_a_failed_configuration_fails_the_run_and_its_headline(bench, monkeypatch, tmp_path):
+    """Fake child processes: TRL padded bf16 is OOM-killed, so the best surviving TRL row is not
+    TRL's best; the run exits non-zero and its record has every row and no headline."""
+    def fake_child(argv, spec, args):
+        if spec == bench.Spec("trl", "demo", "padded", "bf16-mixed"):
+            return "killed by signal 9 (SIGKILL: probably out of memory; try --jobs 1)"
+        return _result(bench, spec.impl, spec.layout, spec.precision, 200.0 if spec.impl == "ours" else 100.0)
+
+    monkeypatch.setattr(bench, "run_in_subprocess", fake_child)
+    monkeypatch.setattr(bench, "require_trl", lambda: None)
+    out = tmp_path / "record.json"
+    with pytest.raises(SystemExit, match="1 configuration\\(s\\) failed; the run fails and writes no headline"):
+        bench.main(["--sets", "demo", "--precisions", "fp32,bf16-mixed", "--json-out", str(out)])
+    record = json.loads(out.read_text())
+    assert record["headline"] is None
+    assert "trl padded bf16-mixed: killed by signal 9" in record["headline_withheld"][0]
+    assert sum(not row["ok"] for row in record["rows"]) == 1 and len(record["rows"]) == 6
+    assert {"load_average_start", "load_average_end", "cpus"} <= set(record["machine"])
+
+
+def test_a_token_mismatch_with_trl_is_fatal(bench, tokenizer):
+    ours = [SimpleNamespace(tokens=[1, 2, 3], weights=[0.0, 1.0, 1.0]), SimpleNamespace(tokens=[4, 5], weights=[0.0, 1.0])]
+    rows = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4, 5], "labels": [-100, 5]}]
+    assert bench.compare_tokens(rows, ours, tokenizer).startswith("input ids identical in 2/2 conversations")
+    rows[1]["input_ids"] = [4, 6]
+    with pytest.raises(SystemExit, match="TRL token mismatch: TRL's input ids differ from ours in 1 of 2"):
+        bench.compare_tokens(rows, ours, tokenizer)
+    with pytest.raises(SystemExit, match="TRL token mismatch: TRL prepared 1 rows for our 2"):
+        bench.compare_tokens(rows[:1], ours, tokenizer)

@@ -178,7 +178,7 @@ class SequenceLogprobModel(nn.Module):
                 **decoder_kwargs,
             ).last_hidden_state
         selected = hidden.reshape(-1, hidden.shape[-1])[loss_tokens.hidden_index]
-        # A float32 head: bf16 logits would add about half again to the per-token log-prob error
+        # A float32 head: bf16 logits would add about a third to the per-token log-prob error
         # of the bf16 decoder (docs/training.md, "Precision"); the head only sees loss positions, so it is cheap.
         weight = self.causal_lm.get_output_embeddings().weight.float()
         token_logps = chunked_token_logprobs(selected.float(), weight, loss_tokens.target_ids, self.chunk_size)
