@@ -16,9 +16,9 @@ the round, and an `OnPolicyTask`.
 
 Who samples (`sampler=`): `native`, the model being trained itself (no second copy; with LoRA
 through its adapters), or `vllm`, a vLLM engine in this process, built once from the start model,
-that gets the policy's weights (gathered under FSDP2, LoRA merged in) before each round;
-under DDP or FSDP2 each rank has its engine and samples its share of the prompts. `auto` (the
-default) takes vLLM when it is installed and prints which it chose and why.
+that gets the policy's weights (gathered under FSDP2, LoRA merged in) before each round; with
+several ranks each would run its engine on its share of the prompts (untested: `auto` stays native
+there). `auto` (the default) takes vLLM when it is installed and prints which it chose and why.
 """
 
 from __future__ import annotations
@@ -195,7 +195,8 @@ def _sampling_engine(config: Config, run: Run, start_name: str, longest_prompt: 
     """This process's vLLM engine when `sampler=` chooses vLLM, else None; says which and why."""
     sample_dtype = run.plan.compute_dtype if config.sample_in_compute_precision else torch.float32
     try:
-        choice = choose_sampler(config.sampler, lora=run.lora is not None, device=run.info.device, dtype=sample_dtype)
+        choice = choose_sampler(config.sampler, lora=run.lora is not None, device=run.info.device, dtype=sample_dtype,
+                                world_size=run.info.world_size)
     except ValueError as error:
         raise UserError(str(error)) from None
     if choice.name == "native":

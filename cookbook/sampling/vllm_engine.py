@@ -71,15 +71,20 @@ def vllm_version() -> str | None:
 
 
 def choose_sampler(requested: SamplerName | str, *, lora: bool = False, device: torch.device | None = None,
-                   dtype: torch.dtype = torch.float32) -> SamplerChoice:
+                   dtype: torch.dtype = torch.float32, world_size: int = 1) -> SamplerChoice:
     """Which sampler serves this setup, and why. `auto` takes vLLM when it is installed and serves the
-    model, device and precision; `vllm` insists (a ValueError says what is missing); `native` is
-    our own KV-cache loop. LoRA is served by pushing merged weights, so it does not rule vLLM out."""
+    model, device and precision in one process; `vllm` insists (a ValueError says what is missing);
+    `native` is our own KV-cache loop. LoRA is served by pushing merged weights, so it does not rule
+    vLLM out. Several processes (DDP, FSDP2) keep `auto` on the native sampler: an engine per rank
+    beside the trainer's process group is not tested yet, so only `sampler=vllm` tries it."""
     if requested not in SAMPLER_NAMES:
         raise ValueError(f"sampler={requested!r} is not one of {', '.join(SAMPLER_NAMES)}")
     if requested == "native":
         return SamplerChoice("native", "sampler=native")
     missing = _why_vllm_cannot_serve(device, dtype)
+    if missing is None and world_size > 1 and requested == "auto":
+        return SamplerChoice("native", f"{world_size} processes: vLLM beside DDP/FSDP2 is untested (sampler=vllm "
+                                       "tries it); using the native sampler")
     if missing is None:
         extra = " (LoRA: the engine gets merged weights)" if lora else ""
         return SamplerChoice("vllm", f"vLLM {vllm_version()} is installed{extra}")
