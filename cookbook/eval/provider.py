@@ -7,7 +7,9 @@ The name after `cookbook/` is a `model_path`: a training checkpoint (a LoRA run'
 the base its metadata names, merged), a local Hugging Face directory, a hub id, or the bundled
 `smollm2-135m-instruct`. Model args (`-M`): `renderer_name`, `model_name`
 (the base model, when a checkpoint does not record it), `batch_size`, `max_wait_ms`, `device`, `dtype`,
-`num_threads` (torch CPU threads).
+`num_threads` (torch CPU threads), `sampler` (auto, vllm, native: who generates; auto takes a vLLM
+engine in this process when vLLM is installed, see `cookbook/sampling/vllm_engine.py`) and
+`vllm_kv_cache_gib`.
 
 Why our own provider instead of inspect's `hf`: evaluation must render prompts exactly as training
 did (our renderer, not the tokenizer's chat template), stop on the renderer's stop tokens, and parse
@@ -20,8 +22,9 @@ The renderer: a training checkpoint records the one it was trained with (and its
 `cookbook_checkpoint.json`; evaluation must use the same, or the model is scored on a prompt format
 it never saw. The order of preference is therefore: an explicit `renderer_name`, then the
 checkpoint's record, then the default renderer of the base model (or of the tokenizer)
-(`resolve_model_spec`). Generation is `cookbook.sampling.sample`, the same decode loop on-policy
-training samples with, so an eval reply and a training sample come from the same code.
+(`resolve_model_spec`). Generation is `cookbook.sampling.sample` or the vLLM engine, the same two
+samplers on-policy training samples with, under the same stop rules. Log-probs (`cookbook/preference`)
+always come from the loaded model.
 """
 
 from __future__ import annotations
@@ -49,12 +52,16 @@ from cookbook.eval.batching import RequestBatcher
 from cookbook.models import (
     DEFAULT_MODEL,
     ModelNotFoundError,
+    adapter_base_model,
+    is_adapter_checkpoint,
     load_model_and_tokenizer,
     load_tokenizer,
     read_checkpoint_metadata,
+    resolve_model_path,
 )
 from cookbook.renderers import check_renderer_matches_template, default_renderer_name, get_renderer
-from cookbook.sampling import SamplingSettings, padding_token_id, sample
+from cookbook.sampling import SamplingSettings, padding_token_id, prompt_seeds, sample
+from cookbook.sampling.vllm_engine import EngineOptions, choose_sampler, get_engine
 from cookbook.training.logprobs import pad_batch, sequence_logprobs
 
 DEFAULT_BATCH_SIZE = 8
@@ -175,13 +182,16 @@ class CookbookModelAPI(ModelAPI):
         device: str = "auto",
         dtype: str = "auto",
         num_threads: int | None = None,
+        sampler: str = "auto",
+        vllm_kv_cache_gib: float = 1.0,
         **model_args: Any,
     ) -> None:
         super().__init__(model_name=model_name, base_url=base_url, api_key=api_key, config=config)
         if model_args:
             raise ValueError(
                 f"unknown model args for the cookbook provider: {', '.join(sorted(model_args))} "
-                "(known: renderer_name, base_model_name, batch_size, max_wait_ms, device, dtype, num_threads)"
+                "(known: renderer_name, base_model_name, batch_size, max_wait_ms, device, dtype, num_threads, sampler, "
+                "vllm_kv_cache_gib)"
             )
         self.batch_size = int(batch_size)
         if api_key == MODEL_INFO_LOOKUP_API_KEY:
@@ -203,7 +213,26 @@ class CookbookModelAPI(ModelAPI):
             # On a CPU shared with other jobs, fewer intra-op threads can be several times faster:
             # OpenMP threads spin waiting for each other when the cores are oversubscribed.
             torch.set_num_threads(int(num_threads))
+        self.engine = self._sampling_engine(sampler, float(vllm_kv_cache_gib))
         self.batcher = RequestBatcher(self._run_batch, self.batch_size, max_wait_s=float(max_wait_ms) / 1000)
+
+    def _sampling_engine(self, sampler: str, kv_cache_gib: float):
+        """The vLLM engine when `sampler` chooses it (None: the native sampler); prints which and why."""
+        dtype = next(self.model.parameters()).dtype
+        choice = choose_sampler(sampler, device=next(self.model.parameters()).device, dtype=dtype)
+        if choice.name == "native":
+            print(f"cookbook provider: native sampler ({choice.reason})")
+            return None
+        path = resolve_model_path(self.model_name)
+        if is_adapter_checkpoint(path):
+            path = resolve_model_path(adapter_base_model(path))
+        max_len = min(getattr(self.model.config, "max_position_embeddings", 4096) or 4096, 4096)
+        engine = get_engine(EngineOptions(path, dtype=str(dtype).removeprefix("torch."), max_model_len=max_len,
+                                          kv_cache_bytes=int(kv_cache_gib * 2**30)))
+        # The loaded model is what is evaluated (an adapter merged into its base): the engine gets it.
+        engine.load_weights(self.model.named_parameters())
+        print(f"cookbook provider: vLLM sampler ({choice.reason}); {engine.describe()}")
+        return engine
 
     # -- inspect-ai ModelAPI ---------------------------------------------------------------------
 
@@ -270,6 +299,11 @@ class CookbookModelAPI(ModelAPI):
     # -- the blocking batch work (runs in a worker thread) -------------------------------------------
 
     def _run_batch(self, key: Hashable, items: list[Any]) -> list[Any]:
+        if key[0] == "generate" and self.engine is not None:
+            # Seeds from torch's default generator, which the provider seeds from the eval's seed.
+            completions = self.engine.sample(items, key[1], self.stop_token_ids, stop_strings=self.stop_strings,
+                                             seeds=prompt_seeds(len(items), None))
+            return [completion.tokens for completion in completions]
         if key[0] == "generate":
             return generate_batch(
                 self.model,

@@ -48,11 +48,12 @@ from cookbook.datasets.tokenize import TokenizedPair, TokenizedSequence
 from cookbook.errors import UserError
 from cookbook.on_policy.prompts import PromptItem
 from cookbook.preference import reference as ref
-from cookbook.sampling import SamplingSettings, padding_token_id, sample
+from cookbook.sampling import SamplingSettings, padding_token_id, prompt_seeds, sample
 from cookbook.training import checkpoint as ckpt
 from cookbook.training import distributed as dist_utils
 from cookbook.training.resume_config import ResumeConfigError, check_resume_config
 from cookbook.training.schedule import check_batch_sizes, epoch_order, rank_micro_batches
+from cookbook.training.weight_sync import engine_weights
 
 PairSkip = Literal["tie", "small_gap"]
 
@@ -233,19 +234,26 @@ class SamplingStats:
 def collect_round(causal_lm, prompts: list[PromptItem], prompt_tokens: list[list[int]], renderer, scorer,
                   sampling: RoundSampling, round_index: int, info: dist_utils.DistInfo,
                   compute_context: Callable = contextlib.nullcontext,
-                  lockstep: Callable[[bool], bool] | None = None) -> tuple[list[PromptRecord], SamplingStats]:
-    """Every prompt's record (same order as `prompts`, on every rank) and the sampling stats."""
+                  lockstep: Callable[[bool], bool] | None = None,
+                  engine=None) -> tuple[list[PromptRecord], SamplingStats]:
+    """Every prompt's record (same order as `prompts`, on every rank) and the sampling stats. With a
+    vLLM `engine` (already holding the policy's weights) it samples this rank's share there, with
+    the seeds the native sampler would give each reply; otherwise with the native sampler."""
     mine = list(range(info.rank, len(prompts), info.world_size))
     repeat = sampling.samples_per_prompt
     generator = torch.Generator().manual_seed(sampling.seed * 1_000_003 + round_index * 1_009 + info.rank)
-    filler = dist_utils.lockstep_filler(len(prompts), len(mine), info, lockstep)
     stop_token_ids = list(renderer.get_stop_token_ids())
     started = time.perf_counter()
-    completions = sample(
-        causal_lm, [prompt_tokens[i] for i in mine + [0] * filler for _ in range(repeat)], sampling.settings,
-        stop_token_ids=stop_token_ids, pad_token_id=padding_token_id(renderer.tokenizer, stop_token_ids),
-        batch_size=sampling.batch_size, generator=generator, compute_context=compute_context, lockstep=lockstep,
-    )
+    if engine is not None:
+        rows = [prompt_tokens[i] for i in mine for _ in range(repeat)]
+        completions = engine.sample(rows, sampling.settings, stop_token_ids, seeds=prompt_seeds(len(rows), generator))
+    else:
+        filler = dist_utils.lockstep_filler(len(prompts), len(mine), info, lockstep)
+        completions = sample(
+            causal_lm, [prompt_tokens[i] for i in mine + [0] * filler for _ in range(repeat)], sampling.settings,
+            stop_token_ids=stop_token_ids, pad_token_id=padding_token_id(renderer.tokenizer, stop_token_ids),
+            batch_size=sampling.batch_size, generator=generator, compute_context=compute_context, lockstep=lockstep,
+        )
     seconds = time.perf_counter() - started
     completions = completions[: len(mine) * repeat]
     texts = [str(renderer.parse_response(c.tokens).message["content"]) for c in completions]
@@ -280,13 +288,15 @@ class RoundStore:
                  scorer, sampling: RoundSampling, prompts_per_round: int, collate, reference: ReferenceForRound | None,
                  sampling_scope: Callable = contextlib.nullcontext,
                  sampling_context: Callable = contextlib.nullcontext,
-                 lockstep: Callable[[bool], bool] | None = None):
+                 lockstep: Callable[[bool], bool] | None = None, engine=None):
         self.run, self.causal_lm, self.prompts, self.prompt_tokens = run, causal_lm, prompts, prompt_tokens
         self.renderer, self.scorer, self.sampling, self.prompts_per_round = renderer, scorer, sampling, prompts_per_round
         self.collate, self.reference = collate, reference
         # Entered around all of a round's sampling (FSDP gathers the root's weights for it).
         # The precision sampling computes in (the training's autocast, entered once per batch).
         self.sampling_scope, self.sampling_context, self.lockstep = sampling_scope, sampling_context, lockstep
+        # A vLLM engine samples instead of the policy when given; it gets the policy's weights first.
+        self.engine = engine
         self.schedule = None  # set by the recipe once the schedule exists (they refer to each other)
         self.current: RoundData | None = None
         self.tables: dict[int, torch.Tensor] = {}
@@ -344,11 +354,15 @@ class RoundStore:
         indices = self.round_prompts(round_index)
         run.console.print(f"Round {round_index}: sampling {sampling.samples_per_prompt} replies to each of "
                           f"{len(indices)} prompts")
-        with self.sampling_scope():
+        sync_seconds = 0.0
+        if self.engine is not None:
+            # Every round, the first included: a resumed run's policy is not the engine's start model.
+            sync_seconds = self.engine.load_weights(engine_weights(self.causal_lm))
+        with contextlib.nullcontext() if self.engine is not None else self.sampling_scope():
             records, stats = collect_round(
                 self.causal_lm, [self.prompts[i] for i in indices], [self.prompt_tokens[i] for i in indices],
                 self.renderer, self.scorer, sampling, round_index, run.info,
-                compute_context=self.sampling_context, lockstep=self.lockstep)
+                compute_context=self.sampling_context, lockstep=self.lockstep, engine=self.engine)
         data = RoundData(round_index, records, config=run.config_dict())
         started = time.perf_counter()
         if data.paired and self.reference is not None:
@@ -356,6 +370,7 @@ class RoundStore:
         data.summary = {"round": round_index, **round_metrics(records),
                         "samples/tokens_per_second": stats.generated_tokens / max(stats.seconds, 1e-9),
                         "samples/seconds": stats.seconds,
+                        **({"samples/weight_sync_seconds": sync_seconds} if self.engine is not None else {}),
                         "samples/reference_seconds": time.perf_counter() - started}
         if run.info.is_main:
             write_round(run.log_path, data)

@@ -12,8 +12,13 @@ held-out eval is IFEval on the bundled set), and `main(config)` runs it. Everyth
 on-policy's own — the optimizer, precision, LoRA,
 accumulation, checkpoints, resume, DDP/FSDP2, metrics — is the shared loop's (`training/loop.py`):
 the recipe hands it a `RoundSchedule`, whose first batch of each round has the `RoundStore` sample
-the round, and an `OnPolicyTask`. The model being trained is the one that samples (no second copy);
-with LoRA it samples through its adapters.
+the round, and an `OnPolicyTask`.
+
+Who samples (`sampler=`): `native`, the model being trained itself (no second copy; with LoRA
+through its adapters), or `vllm`, a vLLM engine in this process, built once from the start model,
+that gets the policy's weights (gathered under FSDP2, LoRA merged in) before each round; with
+several ranks each would run its engine on its share of the prompts (untested: `auto` stays native
+there). `auto` (the default) takes vLLM when it is installed and prints which it chose and why.
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ from pathlib import Path
 from typing import Literal
 
 import chz
+import torch
 from torch import nn
 
 from cookbook.datasets.tokenize import MIN_COMPLETION_TOKENS
 from cookbook.errors import UserError
 from cookbook.eval.ifeval import bundled_ifeval_rows, ifeval_metrics
+from cookbook.models import adapter_base_model, is_adapter_checkpoint, resolve_model_path
 from cookbook.on_policy.ifeval_synthetic import IFEvalSyntheticPrompts
 from cookbook.on_policy.prompts import PROMPT_SOURCES, PromptItem, PromptSource
 from cookbook.on_policy.rewards import REWARDS, IFEvalReward, Reward
@@ -38,6 +45,7 @@ from cookbook.preference import reference as ref
 from cookbook.preference.batching import make_collate
 from cookbook.preference.step import LossSettings, PreferenceConfig, pair_micro_batch, pair_step_metrics
 from cookbook.sampling import SamplingSettings
+from cookbook.sampling.vllm_engine import EngineOptions, SamplerName, choose_sampler, get_engine
 from cookbook.training import distributed as dist_utils
 from cookbook.training.logprobs import SequenceLogprobModel
 from cookbook.training.loop import MicroBatchOutput, Run, run_recipe
@@ -82,7 +90,15 @@ class Config(PreferenceConfig):
     temperature: float = chz.field(default=0.7, doc="Sampling temperature (> 0)")
     top_p: float = chz.field(default=1.0, doc="Nucleus sampling: keep the smallest set of tokens with this mass")
     max_new_tokens: int = chz.field(default=256, doc="Most tokens per sampled reply")
-    sampling_batch_size: int = chz.field(default=32, doc="Sequences decoded together when sampling")
+    sampling_batch_size: int = chz.field(default=32, doc="Sequences decoded together when sampling (native "
+                                         "sampler; vLLM schedules its own batches)")
+    sampler: SamplerName = chz.field(default="auto", doc="Who samples the rounds: vllm (a vLLM engine in this "
+                                     "process, the policy's weights loaded into it each round), native (our "
+                                     "KV-cache loop on the policy itself), auto (vllm when installed)")
+    vllm_kv_cache_gib: float = chz.field(default=1.0, doc="vLLM engine: memory for its key/value cache, "
+                                         "allocated once (GiB)")
+    vllm_compile: bool = chz.field(default=True, doc="vLLM engine: compile the model at start (about a minute "
+                                   "of CPU once, faster sampling after)")
     sample_in_compute_precision: bool = chz.field(
         default=True, doc="Sample under the training's autocast (bf16 with precision=bf16-mixed) instead of fp32: "
                           "about 2x the decoding speed on a CPU with native bf16 (full fine-tuning; a LoRA run "
@@ -114,6 +130,8 @@ class Config(PreferenceConfig):
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not (math.isfinite(self.min_reward_gap) and self.min_reward_gap >= 0):
             raise ValueError(f"min_reward_gap must be a finite number >= 0, got {self.min_reward_gap}")
+        if not (math.isfinite(self.vllm_kv_cache_gib) and self.vllm_kv_cache_gib > 0):
+            raise ValueError(f"vllm_kv_cache_gib must be a finite number > 0, got {self.vllm_kv_cache_gib}")
         if self.reference not in REFERENCE_CHOICES:
             raise ValueError(f"reference={self.reference!r} is not one of {', '.join(REFERENCE_CHOICES)}")
         if self.num_epochs != 1:
@@ -147,9 +165,11 @@ def _train(config: Config, run: Run) -> Path | None:
                         else contextlib.nullcontext)
     sampling = RoundSampling(SamplingSettings(config.max_new_tokens, config.temperature, config.top_p),
                         config.samples_per_prompt, config.sampling_batch_size, config.min_reward_gap, config.seed)
+    engine = _sampling_engine(config, run, start_name, max(len(t) for t in prompt_tokens))
     store = RoundStore(run, causal_lm, prompts, prompt_tokens, renderer, scorer, sampling, config.prompts_per_round,
                        layout.collate, _reference_for_round(config, run, policy, start_name)
-                       if config.loss_settings.needs_reference else None, sampling_scope, sampling_context, lockstep)
+                       if config.loss_settings.needs_reference else None, sampling_scope, sampling_context, lockstep,
+                       engine=engine)
     try:
         schedule = RoundSchedule(store, config.rounds, config.steps_per_round, config.batch_size,
                                  config.micro_batch_size, config.max_steps, config.seed, info.rank, info.world_size)
@@ -169,6 +189,37 @@ def _train(config: Config, run: Run) -> Path | None:
     return run.train(policy, causal_lm, task, schedule, tokenizer, metadata,
                      start_metrics={"prompts": len(prompts), "prompts_too_long": too_long},
                      eval_tasks="cookbook/ifeval")
+
+
+def _sampling_engine(config: Config, run: Run, start_name: str, longest_prompt: int):
+    """This process's vLLM engine when `sampler=` chooses vLLM, else None; says which and why."""
+    sample_dtype = run.plan.compute_dtype if config.sample_in_compute_precision else torch.float32
+    try:
+        choice = choose_sampler(config.sampler, lora=run.lora is not None, device=run.info.device, dtype=sample_dtype,
+                                world_size=run.info.world_size)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    if choice.name == "native":
+        run.console.print(f"Sampler: native ({choice.reason})")
+        return None
+    # The engine takes the architecture and tokenizer from the start model; its weights are the
+    # policy's, loaded before every round.
+    model_dir = resolve_model_path(start_name)
+    if is_adapter_checkpoint(model_dir):
+        model_dir = resolve_model_path(adapter_base_model(model_dir))
+    options = EngineOptions(model_dir, dtype=str(sample_dtype).removeprefix("torch."),
+                            max_model_len=longest_prompt + config.max_new_tokens,
+                            kv_cache_bytes=int(config.vllm_kv_cache_gib * 2**30), compile=config.vllm_compile,
+                            seed=config.seed)
+    try:
+        engine = get_engine(options)
+    except Exception as error:  # an architecture or option vLLM does not serve
+        if config.sampler == "vllm":
+            raise UserError(f"sampler=vllm: the vLLM engine did not start ({type(error).__name__}: {error})") from None
+        run.console.print(f"Sampler: native (the vLLM engine did not start: {type(error).__name__}: {error})")
+        return None
+    run.console.print(f"Sampler: vllm ({choice.reason}); {engine.describe()}")
+    return engine
 
 
 def _render_prompts(config: Config, renderer, console) -> tuple[list[PromptItem], list[list[int]], int]:

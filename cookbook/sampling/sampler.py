@@ -82,10 +82,16 @@ def padding_token_id(tokenizer, stop_token_ids: Sequence[int]) -> int:
     return stop_token_ids[0] if stop_token_ids else 0
 
 
+def prompt_seeds(count: int, generator: torch.Generator | None) -> list[int]:
+    """One seed per prompt, in input order, from `generator` (torch's default generator when None);
+    the vLLM engine takes the same seeds (`vllm_engine.Engine.sample`)."""
+    return torch.randint(0, 2**62, (count,), generator=generator).tolist()
+
+
 def row_uniforms(count: int, draws_per_row: int, generator: torch.Generator | None) -> torch.Tensor:
     """[count, draws_per_row] uniforms in [0, 1); row i comes from a stream seeded by the i-th seed
-    drawn from `generator` (torch's default generator when None)."""
-    seeds = torch.randint(0, 2**62, (count,), generator=generator).tolist()
+    drawn from `generator`."""
+    seeds = prompt_seeds(count, generator)
     return torch.stack(
         [torch.rand(draws_per_row, generator=torch.Generator().manual_seed(seed)) for seed in seeds]
     )

@@ -51,14 +51,21 @@ def init_distributed(device: str = "auto") -> DistInfo:
     torch_device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(torch_device)
+    global _joined
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=torch_device if use_cuda else None)
+        _joined = True
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=torch_device)
 
 
+_joined = False  # whether init_distributed made the process group (a vLLM engine makes its own)
+
+
 def shutdown_distributed() -> None:
-    if dist.is_initialized():
+    global _joined
+    if _joined and dist.is_initialized():
         dist.destroy_process_group()
+    _joined = False
 
 
 def choose_strategy(strategy: DistributedStrategy, model: nn.Module, info: DistInfo) -> str:
