@@ -25,16 +25,17 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import random
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from run_record import RESULTS_DIR, finish_record, run_child, start_record  # noqa: E402
+
 PROMPT_TOKENS, REPLY_TOKENS = 128, 192
 
 
@@ -99,20 +100,16 @@ def child_trl(path: str, max_length: int) -> dict:
             "first_pair_tokens": 2 * len(first["prompt_ids"]) + len(first["chosen_ids"]) + len(first["rejected_ids"])}
 
 
-def run_child(impl: str, path: Path, max_length: int, cache: Path, timeout: float) -> dict:
+def measure(impl: str, path: Path, max_length: int, cache: Path, timeout: float) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "COOKBOOK_DATA_CACHE": str(cache / "cookbook"), "HF_DATASETS_CACHE": str(cache / "datasets"),
            "PYTHONPATH": str(REPO)}
-    env.pop("TOKENIZERS_PARALLELISM", None)  # each side as its users run it: the tokenizer's own threads on
+    env.pop("TOKENIZERS_PARALLELISM", None)  # each side as its users run it, the tokenizer's own threads on
     command = [sys.executable, __file__, "--child", impl, "--file", str(path), "--max-length", str(max_length)]
     started = time.perf_counter()
-    try:
-        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"impl": impl, "ok": False, "error": f"timed out after {timeout:.0f} s"}
-    if proc.returncode != 0:
-        return {"impl": impl, "ok": False, "error": f"exit {proc.returncode}: {proc.stderr[-2000:]}"}
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = run_child(command, timeout, env)
+    if isinstance(result, str):
+        return {"impl": impl, "ok": False, "error": result}
     return {"impl": impl, "ok": True, "outer_wall_s": time.perf_counter() - started, **result}
 
 
@@ -124,40 +121,10 @@ def child_main(impl: str, path: str, max_length: int) -> None:
                    "cpu_s": time.process_time() - cpu_started + children.ru_utime + children.ru_stime,
                    "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                    "workers_peak_rss_gib": children.ru_maxrss / 2**20})
-    print(json.dumps(result))
+    print("RESULT " + json.dumps(result))
 
 
 # -- the run ---------------------------------------------------------------------------------------------
-
-
-def machine() -> dict:
-    info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "load_average": os.getloadavg()}
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name"))
-        meminfo = Path("/proc/meminfo").read_text().splitlines()[0]
-        info["memory_gib"] = int(meminfo.split()[1]) / 2**20
-    except (OSError, StopIteration):
-        pass
-    return info
-
-
-def versions() -> dict:
-    import importlib.metadata
-
-    out = {}
-    for name in ("torch", "transformers", "tokenizers", "datasets", "trl", "numpy"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    try:
-        out["cookbook_commit"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
-                                                text=True).stdout.strip()
-    except OSError:
-        out["cookbook_commit"] = None
-    return out
 
 
 def format_table(rows: list[dict]) -> str:
@@ -193,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--work", default=None, help="folder for the files and caches (default: a temporary one)")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "data_prep.json"))
+    parser.add_argument("--out", default=str(RESULTS_DIR / "data_prep.json"))
     parser.add_argument("--child", choices=("ours", "trl"), help=argparse.SUPPRESS)
     parser.add_argument("--file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -203,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(size) for size in args.sizes.split(",")]
     work = Path(args.work or tempfile.mkdtemp(prefix="data-prep-"))
     work.mkdir(parents=True, exist_ok=True)
-    record = {"command": [sys.executable, *sys.argv], "versions": versions(), "machine": machine(),
+    record = {**start_record(__file__, sys.argv[1:]),
               "settings": {"max_length": args.max_length, "prompt_tokens": PROMPT_TOKENS, "reply_tokens": REPLY_TOKENS},
               "rows": []}
     impls = ["ours", "trl"] if args.vs_trl else ["ours"]
@@ -215,13 +182,12 @@ def main(argv: list[str] | None = None) -> int:
             cache = work / f"cache-{impl}-{size}"
             for state in ("cold", "warm"):
                 row = {"pairs": size, "state": state, "file_mib": path.stat().st_size / 2**20,
-                       **run_child(impl, path, args.max_length, cache, args.timeout)}
+                       **measure(impl, path, args.max_length, cache, args.timeout)}
                 record["rows"].append(row)
                 print(json.dumps(row), flush=True)
     record["table"] = format_table(record["rows"])
     record["ratios"] = ratios(record["rows"])
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
+    finish_record(record, args.out)
     print(record["table"])
     print("\n".join(record["ratios"]))
     failed = [row for row in record["rows"] if not row["ok"]]

@@ -50,7 +50,6 @@ import json
 import os
 import random
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -512,18 +511,11 @@ def run_one(args, spec: dict) -> RunResult:
 
 def run_in_subprocess(argv: list[str], spec: dict, timeout: float) -> RunResult | str:
     """The configuration's result, or why it has none (a string)."""
+    from run_record import run_child
+
     command = [sys.executable, os.path.abspath(__file__), *argv, "--run-one", json.dumps(spec)]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return f"timed out after {timeout:.0f} s"
-    if done.returncode < 0:  # no traceback to show: SIGKILL is usually the kernel's OOM killer
-        return f"killed by signal {-done.returncode} (SIGKILL: probably out of memory; try --jobs 1)"
-    results = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode == 0 and results:
-        return RunResult(**json.loads(results[-1].removeprefix("RESULT ")))
-    tail = [line for line in (done.stderr or done.stdout).strip().splitlines() if "it/s]" not in line][-5:]
-    return f"failed (exit {done.returncode}): " + " | ".join(tail)
+    result = run_child(command, timeout, tail_lines=5)
+    return RunResult(**result) if isinstance(result, dict) else result
 
 
 def precision_label(result: RunResult) -> str:

@@ -68,6 +68,23 @@ def machine() -> dict:
     return facts
 
 
+def run_child(command: list[str], timeout: float, env: dict | None = None, tail_lines: int = 6) -> dict | str:
+    """Run one configuration's subprocess: the JSON of its last `RESULT ` line, or why it has none
+    (a string): timed out, killed (SIGKILL is usually the kernel's OOM killer: no traceback to
+    show), or failed with the last lines of its output."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return f"timed out after {timeout:.0f} s"
+    if done.returncode < 0:
+        return f"killed by signal {-done.returncode} (SIGKILL: probably out of memory; try --jobs 1)"
+    results = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode == 0 and results:
+        return json.loads(results[-1].removeprefix("RESULT "))
+    tail = [line for line in (done.stderr or done.stdout).strip().splitlines() if "it/s]" not in line][-tail_lines:]
+    return f"failed (exit {done.returncode}): " + " | ".join(tail)
+
+
 def start_record(script: str, argv: list[str]) -> dict:
     """Everything known before the first configuration runs."""
     return {

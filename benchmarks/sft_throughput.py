@@ -39,7 +39,6 @@ import json
 import os
 import random
 import resource
-import subprocess
 import sys
 import tempfile
 import threading
@@ -337,19 +336,12 @@ def run_one(args, spec: Spec) -> RunResult:
 
 
 def run_in_subprocess(argv: list[str], spec: Spec, args) -> RunResult | str:
+    from run_record import run_child
+
     command = [sys.executable, os.path.abspath(__file__), *argv, "--run-one", json.dumps(asdict(spec))]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return f"timed out after {args.timeout:.0f} s"
-    if done.returncode < 0:  # no traceback to show: SIGKILL is usually the kernel's OOM killer
-        return f"killed by signal {-done.returncode} (SIGKILL: probably out of memory; try --jobs 1)"
-    results = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode == 0 and results:
-        return RunResult(**json.loads(results[-1].removeprefix("RESULT ")))
-    tail = [line for line in (done.stderr or done.stdout).strip().splitlines() if "it/s]" not in line][-6:]
-    return f"failed (exit {done.returncode}): " + " | ".join(tail)
+    result = run_child(command, args.timeout, env)
+    return RunResult(**result) if isinstance(result, dict) else result
 
 
 def format_table(results: list[RunResult]) -> str:

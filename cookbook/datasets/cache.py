@@ -198,8 +198,8 @@ def _map(path: Path, dtype, length: int) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", shape=(length,))
 
 
-class PairSet(Sequence[TokenizedPair]):
-    """The pairs of one split, built from the arrays on access."""
+class _ArraySet(Sequence):
+    """The items of one split, built from the arrays on access (`_item` builds one)."""
 
     def __init__(self, arrays: dict[str, np.ndarray], index: np.ndarray) -> None:
         self.arrays, self.index = arrays, index
@@ -210,7 +210,25 @@ class PairSet(Sequence[TokenizedPair]):
     def __getitem__(self, position):
         if isinstance(position, slice):
             return [self[i] for i in range(*position.indices(len(self)))]
-        item = int(self.index[position])
+        return self._item(int(self.index[position]))
+
+    def _item(self, item: int):
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator:
+        return (self[i] for i in range(len(self)))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and len(other) == len(self) and all(a == b for a, b in zip(self, other))
+
+    def __add__(self, other: Sequence) -> list:
+        return [*self, *other]
+
+
+class PairSet(_ArraySet):
+    """The pairs of one split (TokenizedPair)."""
+
+    def _item(self, item: int) -> TokenizedPair:
         a = self.arrays
         prompt = a["prompt"][a["prompt_offsets"][item]:a["prompt_offsets"][item + 1]].tolist()
 
@@ -222,39 +240,12 @@ class PairSet(Sequence[TokenizedPair]):
 
         return TokenizedPair(sequence("chosen"), sequence("rejected"), len(prompt), bool(a["truncated"][item]))
 
-    def __iter__(self) -> Iterator[TokenizedPair]:
-        return (self[i] for i in range(len(self)))
 
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Sequence) and len(other) == len(self) and all(a == b for a, b in zip(self, other))
+class SequenceSet(_ArraySet):
+    """The sequences of one split (SupervisedSequence)."""
 
-    def __add__(self, other: Sequence) -> list:
-        return [*self, *other]
-
-
-class SequenceSet(Sequence[SupervisedSequence]):
-    """The sequences of one split, built from the arrays on access."""
-
-    def __init__(self, arrays: dict[str, np.ndarray], index: np.ndarray) -> None:
-        self.arrays, self.index = arrays, index
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, position):
-        if isinstance(position, slice):
-            return [self[i] for i in range(*position.indices(len(self)))]
-        item = int(self.index[position])
+    def _item(self, item: int) -> SupervisedSequence:
         a = self.arrays
         start, stop = a["offsets"][item], a["offsets"][item + 1]
         return SupervisedSequence(a["tokens"][start:stop].tolist(), a["weights"][start:stop].astype(np.float32).tolist(),
                                   bool(a["truncated"][item]))
-
-    def __iter__(self) -> Iterator[SupervisedSequence]:
-        return (self[i] for i in range(len(self)))
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Sequence) and len(other) == len(self) and all(a == b for a, b in zip(self, other))
-
-    def __add__(self, other: Sequence) -> list:
-        return [*self, *other]

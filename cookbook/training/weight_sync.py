@@ -17,16 +17,14 @@ import torch
 from torch import nn
 
 from cookbook.training.distributed import full_tensor
-
-_ADAPTER_PARTS = ("lora_A", "lora_B", "lora_dropout", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
+from cookbook.training.lora import is_adapter_parameter
 
 
 def engine_weights(causal_lm: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, whole tensor) for every weight of `causal_lm` (a HF causal LM, peft-modified or not)."""
     lora_layers = _lora_layers(causal_lm)
-    adapter_prefixes = tuple(f"{prefix}.{part}." for prefix in lora_layers for part in _ADAPTER_PARTS)
     for name, param in causal_lm.named_parameters():
-        if adapter_prefixes and name.startswith(adapter_prefixes):
+        if is_adapter_parameter(name):
             continue
         prefix, _, leaf = name.rpartition(".base_layer.")
         if leaf and prefix in lora_layers:
