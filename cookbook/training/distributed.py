@@ -61,9 +61,13 @@ def init_distributed(device: str = "auto") -> DistInfo:
 _joined = False  # whether init_distributed made the process group (a vLLM engine makes its own)
 
 
-def shutdown_distributed() -> None:
+def shutdown_distributed(finished: bool = True) -> None:
+    """Leave the process group; `finished=False` after an error, when peers may never arrive."""
     global _joined
     if _joined and dist.is_initialized():
+        if finished:
+            # Gloo aborts a rank whose peer tore its connections down first; leave together.
+            dist.barrier()
         dist.destroy_process_group()
     _joined = False
 

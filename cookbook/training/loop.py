@@ -104,16 +104,20 @@ def run_recipe(config: TrainingConfig, train: Callable[[Run], Path | None]) -> P
     RunStopped after saving (the command exits 130)."""
     info = dist_utils.init_distributed(config.device)
     console = make_console(config.display, quiet=not info.is_main)
+    finished = False
     try:
         with contextlib.ExitStack() as hold:
             plan = plan_for(config.precision, info.device)
             resume_entry = _on_main_then_share(lambda: _prepare_log_dir(config, plan, console, hold), info)
-            return train(Run(config, info, console, resume_entry, plan))
-    except RunFinished as finished:
-        console.print(f"[green]{config.log_path} already finished: {finished.final_path}")
-        return finished.final_path if info.is_main else None
+            final_path = train(Run(config, info, console, resume_entry, plan))
+        finished = True
+        return final_path
+    except RunFinished as already:
+        finished = True
+        console.print(f"[green]{config.log_path} already finished: {already.final_path}")
+        return already.final_path if info.is_main else None
     finally:
-        dist_utils.shutdown_distributed()
+        dist_utils.shutdown_distributed(finished)
 
 
 def _on_main_then_share(work: Callable[[], object], info: dist_utils.DistInfo):
