@@ -34,7 +34,6 @@ import contextlib
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 
@@ -190,43 +189,69 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-state-gb", type=float, default=12.0,
                         help="skip full fine-tuning whose estimated weights+grads+AdamW exceed this")
-    parser.add_argument("--json-out")
+    parser.add_argument("--json-out", help="where the run's record goes (default benchmarks/results/lora_memory_<model>.json)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration (JSON) here
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(argparse.Namespace(**json.loads(args.one)))))
+        print("RESULT " + json.dumps(run_one(argparse.Namespace(**json.loads(args.one)))))
         return
 
-    results = []
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from run_record import RESULTS_DIR, finish_record, run_child, start_record
+
+    record = {**start_record(__file__, sys.argv[1:]), "rows": [], "skipped": []}
     for precision in args.precision.split(","):
         for mode in args.modes.split(","):
             for rank in ([0] if mode == "full" else [int(r) for r in args.ranks.split(",")]):
                 if mode == "full" and estimated_state_gb(args.model, precision) > args.max_state_gb:
-                    print(f"skipped full fine-tuning of {args.model} in {precision}: about "
-                          f"{estimated_state_gb(args.model, precision):.1f} GB of weights, gradients and AdamW "
-                          f"states (> --max-state-gb {args.max_state_gb})", file=sys.stderr)
+                    record["skipped"].append(
+                        f"full fine-tuning of {args.model} in {precision}: about "
+                        f"{estimated_state_gb(args.model, precision):.1f} GB of weights, gradients and AdamW "
+                        f"states (> --max-state-gb {args.max_state_gb})")
+                    print("skipped " + record["skipped"][-1], file=sys.stderr)
                     continue
                 one = {k: v for k, v in vars(args).items() if k not in ("modes", "ranks", "json_out", "one")}
                 one.update(precision=precision, rank=rank)
                 env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
-                proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(one)], env=env,
-                                      capture_output=True, text=True)
-                if proc.returncode != 0:
-                    print(f"{mode} r{rank} {precision} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
-                    continue
-                results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-                print(f"done: {results[-1]['mode']} {precision}", file=sys.stderr)
-    print("| model | mode | precision | trainable / total | weights | grads | AdamW | RSS before steps "
-          "| peak RSS in steps | tok/CPU-s | tok/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in results:
-        print(f"| {r['model']} | {r['mode']} | {r['precision']} | {r['trainable'] / 1e6:,.2f}M / {r['total'] / 1e6:,.1f}M "
-              f"({100 * r['trainable'] / r['total']:.2f}%) | {r['weights_gb']:.2f} GB | {r['grads_gb']:.3f} GB | "
-              f"{r['optimizer_gb']:.3f} GB | {r['rss_before_steps_gb']:.2f} GB | {r['steps_peak_rss_gb']:.2f} GB | "
-              f"{r['tokens_per_cpu_s']:.0f} | {r['tokens_per_s']:.0f} |")
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(results, f, indent=2)
+                outcome = run_child([sys.executable, __file__, "--one", json.dumps(one)], timeout=7200, env=env)
+                row = outcome if isinstance(outcome, dict) else {"mode": mode, "rank": rank, "precision": precision,
+                                                                 "failed": outcome}
+                record["rows"].append(row)
+                print(f"{mode} r{rank} {precision}: {outcome if isinstance(outcome, str) else 'done'}", file=sys.stderr)
+    record["table"] = format_table([r for r in record["rows"] if "failed" not in r])
+    record["ratios"] = lora_ratios(record["rows"])
+    out = finish_record(record, args.json_out or RESULTS_DIR / f"lora_memory_{args.model}.json")
+    print(record["table"])
+    print("\n".join(record["ratios"]))
+    print(f"\nrecord: {out}")
+    failed = [r for r in record["rows"] if "failed" in r]
+    if failed:
+        raise SystemExit(f"{len(failed)} configuration(s) failed: " + "; ".join(r["failed"] for r in failed))
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| model | mode | precision | trainable / total | weights | grads | AdamW | RSS before steps "
+             "| peak RSS in steps | tok/CPU-s | tok/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['mode']} | {r['precision']} | {r['trainable'] / 1e6:,.2f}M / {r['total'] / 1e6:,.1f}M "
+            f"({100 * r['trainable'] / r['total']:.2f}%) | {r['weights_gb']:.2f} GB | {r['grads_gb']:.3f} GB | "
+            f"{r['optimizer_gb']:.3f} GB | {r['rss_before_steps_gb']:.2f} GB | {r['steps_peak_rss_gb']:.2f} GB | "
+            f"{r['tokens_per_cpu_s']:.0f} | {r['tokens_per_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def lora_ratios(rows: list[dict]) -> list[str]:
+    """LoRA against full fine-tuning in the same precision, from this run's rows."""
+    lines = []
+    ok = [r for r in rows if "failed" not in r]
+    for full in (r for r in ok if r["mode"] == "full"):
+        for lora in (r for r in ok if r["mode"] != "full" and r["precision"] == full["precision"]):
+            lines.append(f"- {lora['mode']} / full, {full['precision']}: tokens/CPU-s "
+                         f"x{lora['tokens_per_cpu_s'] / full['tokens_per_cpu_s']:.2f}, peak RSS in steps "
+                         f"x{lora['steps_peak_rss_gb'] / full['steps_peak_rss_gb']:.2f}")
+    return lines
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ judged by what each buys on IFEval per CPU-hour.
 
 Writes, under --out: `ours/` (the recipe's log directory), `trl/` (TRL's run: `final/`, its per-step
 `log.jsonl`, `prompts.jsonl`: the prompts it trained on), `eval/<label>/` (inspect logs and
-summary.json of each evaluated model), `results.json`; prints a markdown table: CPU-seconds, peak
+summary.json of each trained model against the start), `results.json`, and the run's record in
+benchmarks/results/on_policy_vs_trl.json (`--json-out`; none for `--quick`); prints a markdown table: CPU-seconds, peak
 RSS, IFEval prompt-level strict before and after, the gain in points and the gain per CPU-hour, for
 ours and TRL, then ours / TRL.
 
@@ -40,8 +41,10 @@ Why it is built this way:
   a checkpoint at the step boundary (its newest checkpoint is then evaluated). Without `--cpu-budget-s`, ours runs its `--rounds` and TRL gets
   exactly the CPU-seconds ours spent. Either way both overrun by less than a step, and the table
   reports what each really spent.
-- Every model, the starting one included, is evaluated the same way: `cookbook.eval.run_inspect_evals`
-  on the bundled IFEval set (HF_HUB_OFFLINE=1 pins it there), greedy, in its own process.
+- Each trained model is evaluated beside the starting model: `cookbook.eval.run_inspect_evals
+  compare_model_path=...` on the test half of the bundled IFEval set (`--eval-split`; the recipe's
+  defaults were tuned on the dev half; HF_HUB_OFFLINE=1 pins the bundled set), greedy, in its own
+  process, which gives each side's gain with its paired-bootstrap 95% interval.
 - Part (b), generated tokens per CPU-second of our sampler against plain `transformers` generate,
   is `benchmarks/sampler_throughput.py`, run at the end with this run's --temperature,
   --max-new-tokens and --threads, fp32 and bf16 autocast (`--sampler-args` replaces these options,
@@ -146,23 +149,28 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def side_figures(side: dict[str, Any], before: float | None) -> dict[str, float | None]:
-    """The figures of one side's row: its training cost and what its model gained over `before`."""
+    """The figures of one side's row: its training cost and what its model gained over `before`
+    (with the paired 95% interval of that gain, in points, where the eval compared the two)."""
     after = side.get("eval", {}).get(HEADLINE_METRIC)
     points = gain_points(before, after)
+    interval = side.get("eval", {}).get("gain_interval")
     return {"cpu_seconds": side["cpu_seconds"], "wall_seconds": side["wall_seconds"],
             "peak_rss_gib": side["peak_rss_bytes"] / 2**30, "after": after, "gain_points": points,
+            "gain_interval_points": None if interval is None else [100.0 * bound for bound in interval],
             "gain_per_cpu_hour": per_cpu_hour(points, side["cpu_seconds"])}
 
 
 def format_table(sides: dict[str, dict[str, Any]], before: float | None) -> str:
     lines = ["| impl | steps | CPU-s | wall s | peak RSS GiB | IFEval strict before | after | gain (points) "
-             "| gain / CPU-hour | stopped by |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| 95% interval | gain / CPU-hour | stopped by |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"]
     for name, side in sides.items():
         f = side_figures(side, before)
+        low_high = f["gain_interval_points"]
+        interval = "n/a" if low_high is None else f"[{low_high[0]:+.1f}, {low_high[1]:+.1f}]"
         lines.append(f"| {name} | {side.get('steps', 'n/a')} | {f['cpu_seconds']:,.0f} | {f['wall_seconds']:,.0f} | "
                      f"{f['peak_rss_gib']:.2f} | {_fmt(before, '.4f')} | {_fmt(f['after'], '.4f')} | "
-                     f"{_fmt(f['gain_points'], '+.1f')} | {_fmt(f['gain_per_cpu_hour'], '+.2f')} | "
+                     f"{_fmt(f['gain_points'], '+.1f')} | {interval} | {_fmt(f['gain_per_cpu_hour'], '+.2f')} | "
                      f"{side.get('stopped_by', 'n/a')} |")
     return "\n".join(lines)
 
@@ -181,9 +189,10 @@ def format_ratios(sides: dict[str, dict[str, Any]], before: float | None) -> str
             f"gain {times('gain_points', no_gain)}, CPU-s {times('cpu_seconds')}, peak RSS {times('peak_rss_gib')}")
 
 
-def prompt_level_metrics(summary: dict[str, Any], task: str = "cookbook/ifeval") -> dict[str, float]:
-    """The headline metrics of `task` from run_inspect_evals' summary.json (one model, label "model")."""
-    for result in summary["results"]["model"]:
+def prompt_level_metrics(summary: dict[str, Any], task: str = "cookbook/ifeval", label: str = "model") -> dict[str, float]:
+    """The headline metrics of `task` from run_inspect_evals' summary.json (one model: label "model";
+    against a base model: "trained" and "base")."""
+    for result in summary["results"][label]:
         if result["task"] == task and result["status"] == "success":
             return {**result["metrics"], "samples": result["samples"]}
     raise ValueError(f"summary.json holds no successful {task} result")
@@ -447,12 +456,15 @@ def run_trl(args, budget: float | None) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Evaluation: run_inspect_evals on the bundled IFEval set, greedy, one process per model
+# Evaluation: run_inspect_evals on a half of the bundled IFEval set, greedy, against the starting model
 
 
 def evaluate(args, label: str, model_path: str) -> dict[str, Any]:
+    """One trained model and the starting model on the same prompts (one process): both scores and
+    the paired interval of the gain."""
     log_dir = args.out / "eval" / label
-    options = {"model_path": model_path, "tasks": "cookbook/ifeval", "ifeval_source": "bundled", "temperature": 0,
+    options = {"model_path": model_path, "compare_model_path": BUNDLED_MODEL, "tasks": "cookbook/ifeval",
+               "ifeval_source": "bundled", "ifeval_split": args.eval_split, "temperature": 0,
                "max_tokens": args.eval_max_tokens, "limit": args.eval_limit, "log_dir": log_dir,
                "batch_size": args.eval_batch_size,
                "num_threads": args.threads, "display": "plain"}
@@ -463,10 +475,15 @@ def evaluate(args, label: str, model_path: str) -> dict[str, Any]:
     if child.returncode != 0 or not summary.exists():
         raise SystemExit(f"the eval of {label} failed (exit {child.returncode}); last lines of "
                          f"{args.out / f'eval-{label}.log'}:\n{_tail(args.out / f'eval-{label}.log')}")
-    metrics = prompt_level_metrics(json.loads(summary.read_text()))
-    print(f"  {label}: IFEval {HEADLINE_METRIC} {metrics[HEADLINE_METRIC]:.4f} on {metrics['samples']} prompts "
-          f"({child.cpu_seconds:.0f} CPU-s)", flush=True)
-    return {**metrics, "eval_cpu_seconds": child.cpu_seconds, "eval_wall_seconds": child.wall_seconds}
+    written = json.loads(summary.read_text())
+    metrics = prompt_level_metrics(written, label="trained")
+    start = prompt_level_metrics(written, label="base")
+    paired = next(c for c in written["comparison"] if c["task"] == "cookbook/ifeval" and c["metric"] == HEADLINE_METRIC)
+    print(f"  {label}: IFEval {HEADLINE_METRIC} {metrics[HEADLINE_METRIC]:.4f} (start {start[HEADLINE_METRIC]:.4f}, "
+          f"95% interval of the gain [{paired['ci_low']:+.4f}, {paired['ci_high']:+.4f}]) on {metrics['samples']} "
+          f"prompts ({child.cpu_seconds:.0f} CPU-s)", flush=True)
+    return {**metrics, "start": start, "gain_interval": [paired["ci_low"], paired["ci_high"]],
+            "eval_cpu_seconds": child.cpu_seconds, "eval_wall_seconds": child.wall_seconds}
 
 
 def sampler_argv(args) -> list[str]:
@@ -514,6 +531,9 @@ def parse_args(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="output directory (results.json, logs, checkpoints)")
+    parser.add_argument("--json-out", type=Path, default=None,
+                        help="where the run's record goes (default benchmarks/results/on_policy_vs_trl.json; "
+                             "--quick writes none unless given)")
     parser.add_argument("--cpu-budget-s", type=float, default=None,
                         help="CPU-seconds each side may spend (whole training process); default: ours runs its "
                              "--rounds and TRL gets what ours spent")
@@ -531,7 +551,9 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--prompts-per-round", type=int, help="ours: prompts sampled per round (default 64, the recipe's)")
     parser.add_argument("--steps-per-round", type=int, help="ours: optimizer steps per round (default: the recipe's)")
     parser.add_argument("--trl-max-steps", type=int, help="TRL: stop after this many steps even within the budget")
-    parser.add_argument("--eval-limit", type=int, help="evaluate on the first N bundled IFEval prompts (default all 128)")
+    parser.add_argument("--eval-split", default="test", choices=["test", "dev", "all"],
+                        help="half of the bundled IFEval prompts to evaluate on (test: where figures are reported)")
+    parser.add_argument("--eval-limit", type=int, help="evaluate on the first N prompts of that half (default all)")
     parser.add_argument("--eval-max-tokens", type=int, help="most new tokens per eval reply (default 512)")
     parser.add_argument("--eval-batch-size", type=int, default=32, help="requests the eval generates together")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every child process")
@@ -577,6 +599,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.skip_ours and args.cpu_budget_s is None and not args.skip_trl and args.trl_max_steps is None:
         raise SystemExit("--skip-ours needs --cpu-budget-s (or --trl-max-steps): TRL's budget is otherwise what ours spent")
     args.out.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from run_record import RESULTS_DIR, finish_record, start_record
+
+    record = start_record(__file__, argv)
     trainers = {}
     if not args.skip_ours:
         trainers["ours"] = lambda: run_ours(args, args.cpu_budget_s)
@@ -589,16 +615,13 @@ def main(argv: list[str] | None = None) -> None:
         sides[name] = side
         print(f"{name}: {side['cpu_seconds']:.0f} CPU-s, peak RSS {side['peak_rss_bytes'] / 2**30:.2f} GiB, "
               f"{side['steps']} steps ({side['stopped_by']})", flush=True)
-    before = None
+    before = base = None
     if not args.skip_eval:
-        evals = {"start": lambda: evaluate(args, "start", BUNDLED_MODEL)}
-        for name, side in sides.items():
-            evals[name] = lambda name=name, side=side: evaluate(args, name, side["checkpoint"])
-        scores = dict(run_jobs(evals, args.jobs))
-        base = scores.pop("start")
-        before = base[HEADLINE_METRIC]
-        for name, score in scores.items():
+        evals = {name: lambda name=name, side=side: evaluate(args, name, side["checkpoint"]) for name, side in sides.items()}
+        for name, score in run_jobs(evals, args.jobs):
             sides[name]["eval"] = score
+            base = score["start"]  # greedy: the same starting scores in every side's eval
+        before = None if base is None else base[HEADLINE_METRIC]
     sampler = None if args.skip_sampler else run_sampler(args)
 
     settings = {k: getattr(args, k) for k in ("num_prompts", "samples_per_prompt", "max_new_tokens", "temperature",
@@ -613,10 +636,15 @@ def main(argv: list[str] | None = None) -> None:
         print("\nGenerated tokens per CPU-second, our sampler vs transformers generate (sampler_throughput.py):")
         print(sampler.get("skipped") or sampler["table"])
     results = {"settings": settings, "python": platform.python_version(), "load_average": os.getloadavg(),
-               "start_eval": base if not args.skip_eval else None, "sides": sides,
-               "figures": {name: side_figures(side, before) for name, side in sides.items()}, "sampler": sampler}
+               "start_eval": base, "sides": sides,
+               "figures": {name: side_figures(side, before) for name, side in sides.items()}, "sampler": sampler,
+               "table": format_table(sides, before), "ratios": format_ratios(sides, before)}
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"\nresults: {args.out / 'results.json'}")
+    record_path = args.json_out or (None if args.quick else RESULTS_DIR / "on_policy_vs_trl.json")
+    if record_path:
+        record.update(json.loads(json.dumps(results, default=str)))
+        print(f"record: {finish_record(record, record_path)}")
 
 
 if __name__ == "__main__":

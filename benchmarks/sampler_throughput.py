@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -169,7 +170,9 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="batch 4, 16 new tokens: a smoke run")
-    parser.add_argument("--json-out", default=None, help="also write the results here")
+    parser.add_argument("--json-out", default=None,
+                        help="where the run's record goes (default benchmarks/results/sampler_throughput.json; "
+                             "--quick writes none unless given)")
     args = parser.parse_args(argv)
     if args.quick:
         args.batch_sizes, args.max_new_tokens = "4", 16
@@ -182,7 +185,10 @@ def configs_for(args) -> list[Config]:
 
 
 def main(argv=None) -> list[ConfigResult]:
+    from run_record import RESULTS_DIR, finish_record, start_record
+
     args = parse_args(argv)
+    record = start_record(__file__, sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(args.threads)
     from cookbook.models import load_model_and_tokenizer
     from cookbook.renderers import default_renderer_name, get_renderer
@@ -204,8 +210,10 @@ def main(argv=None) -> list[ConfigResult]:
     print()
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.model}, max_new_tokens {args.max_new_tokens}")
     print(format_table(results))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps([asdict(r) for r in results], indent=1))
+    out = args.json_out or (None if args.quick else RESULTS_DIR / "sampler_throughput.json")
+    if out:
+        record.update(rows=[asdict(r) for r in results], table=format_table(results))
+        print(f"\nrecord: {finish_record(record, out)}")
     return results
 
 

@@ -66,9 +66,11 @@ def _side(cpu, rss_gib, after, steps=3, stopped_by="budget"):
 
 def test_table_and_ratio_line(bench):
     sides = {"ours": _side(1800, 3.0, 0.30), "trl": _side(3600, 6.0, 0.275)}
+    sides["ours"]["eval"]["gain_interval"] = [-0.0125, 0.1]  # the eval's paired interval, as a fraction
     table = bench.format_table(sides, before=0.25)
-    assert table.splitlines()[2] == ("| ours | 3 | 1,800 | 2,700 | 3.00 | 0.2500 | 0.3000 | +5.0 | +10.00 | budget |")
-    assert table.splitlines()[3].startswith("| trl | 3 | 3,600 | 5,400 | 6.00 | 0.2500 | 0.2750 | +2.5 | +2.50 |")
+    assert table.splitlines()[2] == (
+        "| ours | 3 | 1,800 | 2,700 | 3.00 | 0.2500 | 0.3000 | +5.0 | [-1.2, +10.0] | +10.00 | budget |")
+    assert table.splitlines()[3].startswith("| trl | 3 | 3,600 | 5,400 | 6.00 | 0.2500 | 0.2750 | +2.5 | n/a | +2.50 |")
     # ours: 5 points in half an hour = 10/h; TRL: 2.5 points in an hour = 2.5/h.
     assert bench.format_ratios(sides, before=0.25) == (
         "- ours / TRL: IFEval gain per CPU-hour x4.00, gain x2.00, CPU-s x0.50, peak RSS x0.50")
