@@ -82,7 +82,36 @@ def child_ours(path: str, max_length: int) -> dict:
             "first_pair_tokens": len(first.chosen) + len(first.rejected)}
 
 
-def child_trl(path: str, max_length: int) -> dict:
+def child_ours_first_step(path: str, max_length: int, test_size: int) -> dict:
+    """The DPO recipe's command on the file, as a user runs it, until its first optimizer step is
+    logged: data, model, reference (`precompute_reference=auto`), the start's held-out eval, step 1."""
+    import threading
+
+    from cookbook.recipes.preference.train import cli
+
+    log_path = Path(tempfile.mkdtemp(prefix="first-step-"))
+    metrics = log_path / "metrics.jsonl"
+    started, cpu_started = time.perf_counter(), time.process_time()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.2)
+            lines = metrics.read_text().splitlines() if metrics.exists() else []
+            if any(json.loads(line).get("step") == 1 and "dpo_loss" in line for line in lines if line.strip()):
+                break
+        result = {"wall_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu_started,
+                  "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                  "workers_peak_rss_gib": 0.0}
+        print("RESULT " + json.dumps(result), flush=True)
+        os._exit(0)  # the measurement is taken; the rest of the run is not part of it
+
+    threading.Thread(target=watch, daemon=True).start()
+    cli([f"log_path={log_path}", f"dataset={path}", f"dataset.test_size={test_size}", f"max_length={max_length}",
+         "behavior_if_log_dir_exists=delete", "show_example=false"])
+    raise SystemExit("the run ended before its first step was logged")
+
+
+def child_trl(path: str, max_length: int, first_step: bool = False, test_size: int = 0) -> dict:
     import datasets
     from trl import DPOConfig, DPOTrainer
 
@@ -90,22 +119,29 @@ def child_trl(path: str, max_length: int) -> dict:
 
     model, tokenizer = load_model_and_tokenizer("smollm2-135m-instruct", dtype="float32", device="cpu")
     train = datasets.load_dataset("json", data_files=path, split="train")
+    # Its first step as its users run it: its best CPU precision (bf16=True), our recipe's batch
+    # (16 pairs in micro-batches of 8), its default in-step reference, no eval before training.
+    step = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2, "bf16": True} if first_step else {
+        "per_device_train_batch_size": 1}
     with tempfile.TemporaryDirectory() as out:
         args = DPOConfig(output_dir=out, max_length=max_length, dataset_num_proc=2, precompute_ref_log_probs=False,
-                         report_to=[], max_steps=1, per_device_train_batch_size=1, save_strategy="no",
-                         use_cpu=True)
+                         report_to=[], max_steps=1, save_strategy="no", use_cpu=True, **step)
         trainer = DPOTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
         first = trainer.train_dataset[0]
+        if first_step:
+            trainer.train()
     return {"train_pairs": len(trainer.train_dataset),
             "first_pair_tokens": 2 * len(first["prompt_ids"]) + len(first["chosen_ids"]) + len(first["rejected_ids"])}
 
 
-def measure(impl: str, path: Path, max_length: int, cache: Path, timeout: float) -> dict:
+def measure(impl: str, path: Path, max_length: int, cache: Path, timeout: float, first_step: bool = False,
+            test_size: int = 200) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "COOKBOOK_DATA_CACHE": str(cache / "cookbook"), "HF_DATASETS_CACHE": str(cache / "datasets"),
            "PYTHONPATH": str(REPO)}
     env.pop("TOKENIZERS_PARALLELISM", None)  # each side as its users run it, the tokenizer's own threads on
-    command = [sys.executable, __file__, "--child", impl, "--file", str(path), "--max-length", str(max_length)]
+    command = [sys.executable, __file__, "--child", impl, "--file", str(path), "--max-length", str(max_length),
+               "--test-size", str(test_size), *(["--first-step"] if first_step else [])]
     started = time.perf_counter()
     result = run_child(command, timeout, env)
     if isinstance(result, str):
@@ -113,9 +149,11 @@ def measure(impl: str, path: Path, max_length: int, cache: Path, timeout: float)
     return {"impl": impl, "ok": True, "outer_wall_s": time.perf_counter() - started, **result}
 
 
-def child_main(impl: str, path: str, max_length: int) -> None:
+def child_main(impl: str, path: str, max_length: int, first_step: bool, test_size: int) -> None:
+    if impl == "ours" and first_step:
+        child_ours_first_step(path, max_length, test_size)  # prints its own result and exits
     started, cpu_started = time.perf_counter(), time.process_time()
-    result = (child_ours if impl == "ours" else child_trl)(path, max_length)
+    result = child_ours(path, max_length) if impl == "ours" else child_trl(path, max_length, first_step)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     result.update({"wall_s": time.perf_counter() - started,
                    "cpu_s": time.process_time() - cpu_started + children.ru_utime + children.ru_stime,
@@ -160,18 +198,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--work", default=None, help="folder for the files and caches (default: a temporary one)")
-    parser.add_argument("--out", default=str(RESULTS_DIR / "data_prep.json"))
+    parser.add_argument("--out", default=None,
+                        help="the run's record (default benchmarks/results/data_prep.json; data_prep_first_step.json "
+                             "with --first-step)")
+    parser.add_argument("--first-step", action="store_true",
+                        help="time to the first optimizer step (ours: the DPO recipe's command on the file; TRL: "
+                             "DPOTrainer.train for one step) instead of to the data being ready")
+    parser.add_argument("--test-size", type=int, default=200,
+                        help="with --first-step: ours' dataset.test_size (its start eval runs before step 1)")
     parser.add_argument("--child", choices=("ours", "trl"), help=argparse.SUPPRESS)
     parser.add_argument("--file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child_main(args.child, args.file, args.max_length)
+        child_main(args.child, args.file, args.max_length, args.first_step, args.test_size)
         return 0
     sizes = [int(size) for size in args.sizes.split(",")]
     work = Path(args.work or tempfile.mkdtemp(prefix="data-prep-"))
     work.mkdir(parents=True, exist_ok=True)
     record = {**start_record(__file__, sys.argv[1:]),
-              "settings": {"max_length": args.max_length, "prompt_tokens": PROMPT_TOKENS, "reply_tokens": REPLY_TOKENS},
+              "settings": {"max_length": args.max_length, "prompt_tokens": PROMPT_TOKENS, "reply_tokens": REPLY_TOKENS,
+                           "until": "first step" if args.first_step else "data ready", "test_size": args.test_size},
               "rows": []}
     impls = ["ours", "trl"] if args.vs_trl else ["ours"]
     for size in sizes:
@@ -182,12 +228,13 @@ def main(argv: list[str] | None = None) -> int:
             cache = work / f"cache-{impl}-{size}"
             for state in ("cold", "warm"):
                 row = {"pairs": size, "state": state, "file_mib": path.stat().st_size / 2**20,
-                       **measure(impl, path, args.max_length, cache, args.timeout)}
+                       "until": "first step" if args.first_step else "data ready",
+                       **measure(impl, path, args.max_length, cache, args.timeout, args.first_step, args.test_size)}
                 record["rows"].append(row)
                 print(json.dumps(row), flush=True)
     record["table"] = format_table(record["rows"])
     record["ratios"] = ratios(record["rows"])
-    finish_record(record, args.out)
+    finish_record(record, args.out or RESULTS_DIR / ("data_prep_first_step.json" if args.first_step else "data_prep.json"))
     print(record["table"])
     print("\n".join(record["ratios"]))
     failed = [row for row in record["rows"] if not row["ok"]]

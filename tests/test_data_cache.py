@@ -169,6 +169,26 @@ def test_supervised_data_is_cached_too(tmp_path, tokenizer, monkeypatch):
     assert second.summary == first.summary
 
 
+def test_on_policy_prompts_are_tokenized_in_batches_and_cached(tokenizer, extended_tokenizer, monkeypatch):
+    rng = random.Random(7)
+    conversations = [comparison.prompt for comparison in comparisons(11, 40)] + [[user(f"prompt {rng.random()}")]]
+    renderer = get_renderer("chatml", tokenizer)
+    first, note = load_module.load_prompt_tokens(conversations, renderer)
+    assert note.startswith("tokenized now")
+    assert list(first) == [renderer.build_generation_prompt(list(c)) for c in conversations]
+    assert first.lengths().tolist() == [len(tokens) for tokens in first]
+    assert first.subset([3, 0])[0] == first[3] and len(first.subset([3, 0])) == 2
+    monkeypatch.setattr(type(renderer), "encode_runs", lambda *a: pytest.fail("tokenized again"))
+    second, note = load_module.load_prompt_tokens(conversations, renderer)
+    assert note.startswith("cached tokens") and list(second) == list(first)
+    monkeypatch.undo()
+    # Other prompts, another tokenizer or another renderer: another key.
+    key = cache.prompts_key("digest", renderer)
+    assert key != cache.prompts_key("other digest", renderer)
+    assert key != cache.prompts_key("digest", get_renderer("chatml", extended_tokenizer))
+    assert key != cache.prompts_key("digest", get_renderer("llama3", tokenizer))
+
+
 def test_a_resumed_run_reads_the_cached_tokens(tmp_path, tiny_model_dir, monkeypatch):
     data = write_pairs(tmp_path / "prefs.jsonl", 40)
     args = [f"log_path={tmp_path / 'run'}", f"model_name={tiny_model_dir}", f"dataset={data}", "dataset.test_size=4",

@@ -110,6 +110,27 @@ def test_reference_in_step_equals_precomputed(tmp_path, tiny_model_dir):
         assert ra["margin"] == pytest.approx(rb["margin"], abs=1e-5)
 
 
+def test_reference_auto_scores_first_only_up_to_its_limit(tmp_path, tiny_model_dir, monkeypatch):
+    from cookbook.errors import InvalidOptionError
+    from cookbook.preference import reference
+
+    # 2 steps x 4 pairs + 16 test pairs = 24 pairs to score.
+    assert reference.resolve_precompute("auto", reference.AUTO_PRECOMPUTE_MAX_PAIRS)
+    assert not reference.resolve_precompute("auto", reference.AUTO_PRECOMPUTE_MAX_PAIRS + 1)
+    assert reference.resolve_precompute("true", 10**9) and not reference.resolve_precompute(False, 1)
+    with pytest.raises(InvalidOptionError, match="precompute_reference='yes'"):
+        reference.resolve_precompute("yes", 1)
+    common = ("max_steps=2", "batch_size=4", "micro_batch_size=2", "eval_every=0")
+    monkeypatch.setattr(reference, "AUTO_PRECOMPUTE_MAX_PAIRS", 24)
+    assert (run(tmp_path, tiny_model_dir, *common, name="under") / "reference_logps.pt").exists()
+    monkeypatch.setattr(reference, "AUTO_PRECOMPUTE_MAX_PAIRS", 23)
+    over = run(tmp_path, tiny_model_dir, *common, name="over")
+    assert not (over / "reference_logps.pt").exists()
+    # In the step or scored first, the same reference: the same losses.
+    for a, b in zip(train_records(tmp_path / "under"), train_records(over), strict=True):
+        assert a["dpo_loss"] == pytest.approx(b["dpo_loss"], abs=1e-5)
+
+
 def _final_weights(log_path: Path) -> dict[str, torch.Tensor]:
     return load_file(log_path / "final" / "model.safetensors")
 

@@ -43,6 +43,8 @@ PAIR_ARRAYS = {"prompt": np.int32, "chosen": np.int32, "chosen_weights": np.uint
                "rejected_weights": np.uint8, "prompt_offsets": np.int64, "chosen_offsets": np.int64,
                "rejected_offsets": np.int64, "truncated": np.uint8}
 SEQUENCE_ARRAYS = {"tokens": np.int32, "weights": np.uint8, "offsets": np.int64, "truncated": np.uint8}
+PROMPT_ARRAYS = {"tokens": np.int32, "offsets": np.int64}  # generation prompts of the on-policy recipes
+KIND_ARRAYS = {"pairs": PAIR_ARRAYS, "sequences": SEQUENCE_ARRAYS, "prompts": PROMPT_ARRAYS}
 # The code whose change changes the tokens a set holds: its source is part of the key.
 TOKENIZING_MODULES = ("cookbook.datasets.builder", "cookbook.datasets.tokenize", "cookbook.datasets.cache",
                       "cookbook.datasets.load", "cookbook.renderers.base")
@@ -54,6 +56,14 @@ def cache_root() -> Path | None:
     if value.lower() in ("off", "0", "false", "no"):
         return None
     return Path(value).expanduser() if value else cache_dir() / "tokenized"
+
+
+def prompts_key(conversations_digest: str, renderer) -> str:
+    """The key of a set of generation prompts: the conversations themselves (their digest), the
+    tokenizer, the renderer and the tokenizing code."""
+    parts = {"kind": "prompts", "source": conversations_digest, "code": _code_digest(TOKENIZING_MODULES),
+             "tokenizer": tokenizer_fingerprint(renderer.tokenizer), "renderer": renderer_fingerprint(renderer)}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def data_key(kind: str, builder, renderer, max_length: int | None, **options: Any) -> str | None:
@@ -167,7 +177,7 @@ def open_store(kind: str, key: str | None) -> tuple[dict[str, np.ndarray], dict[
     root = cache_root()
     if key is None or root is None:
         return None
-    return read_store(root / f"{kind}-{key[:40]}", PAIR_ARRAYS if kind == "pairs" else SEQUENCE_ARRAYS)
+    return read_store(root / f"{kind}-{key[:40]}", KIND_ARRAYS[kind])
 
 
 def read_store(directory: Path, dtypes: dict[str, type]) -> tuple[dict, dict, dict] | None:
@@ -249,3 +259,18 @@ class SequenceSet(_ArraySet):
         start, stop = a["offsets"][item], a["offsets"][item + 1]
         return SupervisedSequence(a["tokens"][start:stop].tolist(), a["weights"][start:stop].astype(np.float32).tolist(),
                                   bool(a["truncated"][item]))
+
+
+class TokenListSet(_ArraySet):
+    """Token lists (list[int]), one per item: the generation prompts of an on-policy run."""
+
+    def _item(self, item: int) -> list[int]:
+        offsets = self.arrays["offsets"]
+        return self.arrays["tokens"][offsets[item]:offsets[item + 1]].tolist()
+
+    def lengths(self) -> np.ndarray:
+        offsets = self.arrays["offsets"]
+        return (offsets[1:] - offsets[:-1])[self.index]
+
+    def subset(self, positions: Sequence[int]) -> TokenListSet:
+        return TokenListSet(self.arrays, self.index[np.asarray(positions, dtype=np.int64)])

@@ -3,6 +3,7 @@
     data = load_preference_data(config.dataset, renderer, max_length=config.max_length, console=console)
     data = load_supervised_data(config.dataset, renderer, config.max_length, config.train_on, console=console)
     train, test = data.train, data.test        # sequences of TokenizedPair / SupervisedSequence
+    prompt_tokens, note = load_prompt_tokens([item.messages for item in prompts], renderer)  # on-policy
     log_metrics(data.summary.as_metrics(), step=0)
 
 A first run streams the builder's rows: each usable item is kept only as its index and tokenized in
@@ -19,6 +20,7 @@ was used.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -241,6 +243,34 @@ def _build_sequences(builder, renderer, max_length, train_on, key):
         writer.abandon()
         raise
     return _read_back(writer, directory, cache.SEQUENCE_ARRAYS, summary, key)
+
+
+def load_prompt_tokens(conversations: Sequence[Sequence[dict]], renderer) -> tuple[cache.TokenListSet, str]:
+    """The generation-prompt tokens of each conversation, in order, memory-mapped, and a note saying
+    whether the cache had them. Tokenized in chunks of batched calls and cached like the data sets,
+    keyed by the conversations themselves (so any prompt source is cached), tokenizer and renderer."""
+    digest = hashlib.sha256()
+    for messages in conversations:
+        digest.update(json.dumps(list(messages), sort_keys=True, default=str).encode() + b"\n")
+    key = cache.prompts_key(digest.hexdigest(), renderer)
+    opened = cache.open_store("prompts", key)
+    if opened is not None:
+        arrays, splits, _ = opened
+        return cache.TokenListSet(arrays, splits["all"]), f"cached tokens, read from {cache.cache_root()}"
+    writer = cache.StoreWriter("prompts", cache.PROMPT_ARRAYS, key)
+    try:
+        for start in range(0, len(conversations), CHUNK):
+            chunk = conversations[start : start + CHUNK]
+            examples = renderer.encode_runs([renderer.generation_prompt_runs(list(messages)) for messages in chunk])
+            lengths = np.cumsum([len(example.tokens) for example in examples]) + writer.lengths["tokens"]
+            writer.write("tokens", [token for example in examples for token in example.tokens])
+            writer.write("offsets", lengths)
+        directory = writer.finish({}, {"all": np.arange(len(conversations))})
+    except BaseException:
+        writer.abandon()
+        raise
+    arrays, splits, _, note = _read_back(writer, directory, cache.PROMPT_ARRAYS, None, key)
+    return cache.TokenListSet(arrays, splits["all"]), note
 
 
 def _read_back(writer: cache.StoreWriter, directory: Path, dtypes, summary, key):

@@ -33,6 +33,8 @@ import chz
 import torch
 from torch import nn
 
+from cookbook.datasets.cache import TokenListSet
+from cookbook.datasets.load import load_prompt_tokens
 from cookbook.datasets.tokenize import MIN_COMPLETION_TOKENS
 from cookbook.errors import UserError
 from cookbook.eval.ifeval import bundled_ifeval_rows, ifeval_metrics
@@ -165,7 +167,7 @@ def _train(config: Config, run: Run) -> Path | None:
                         else contextlib.nullcontext)
     sampling = RoundSampling(SamplingSettings(config.max_new_tokens, config.temperature, config.top_p),
                         config.samples_per_prompt, config.sampling_batch_size, config.min_reward_gap, config.seed)
-    engine = _sampling_engine(config, run, start_name, max(len(t) for t in prompt_tokens))
+    engine = _sampling_engine(config, run, start_name, int(prompt_tokens.lengths().max()))
     store = RoundStore(run, causal_lm, prompts, prompt_tokens, renderer, scorer, sampling, config.prompts_per_round,
                        layout.collate, _reference_for_round(config, run, policy, start_name)
                        if config.loss_settings.needs_reference else None, sampling_scope, sampling_context, lockstep,
@@ -222,26 +224,22 @@ def _sampling_engine(config: Config, run: Run, start_name: str, longest_prompt: 
     return engine
 
 
-def _render_prompts(config: Config, renderer, console) -> tuple[list[PromptItem], list[list[int]], int]:
+def _render_prompts(config: Config, renderer, console) -> tuple[list[PromptItem], TokenListSet, int]:
     """The usable prompts, their generation-prompt tokens, and how many did not fit max_length."""
     source = config.prompts()
     config.reward.check_prompts(source)  # e.g. reward=ifeval on prompts without instructions: fail now
-    items, tokens, too_long = [], [], 0
-    # One batched tokenizer call for every prompt (cookbook.renderers.base), as for training data.
-    examples = renderer.encode_runs([renderer.generation_prompt_runs(list(item.messages)) for item in source])
-    for item, example in zip(source, examples, strict=True):
-        rendered = example.tokens
-        if len(rendered) + max(config.max_new_tokens, MIN_COMPLETION_TOKENS) > config.max_length:
-            too_long += 1
-            continue
-        items.append(item)
-        tokens.append(rendered)
+    # Batched tokenizer calls, cached like training data (cookbook.datasets.load).
+    all_tokens, cache_note = load_prompt_tokens([item.messages for item in source], renderer)
+    room = config.max_length - max(config.max_new_tokens, MIN_COMPLETION_TOKENS)
+    kept = [i for i, length in enumerate(all_tokens.lengths().tolist()) if length <= room]
+    too_long = len(source) - len(kept)
     console.print(f"Prompts: {source.describe()}" + (f"; {too_long:,} left out, longer than max_length="
-                  f"{config.max_length} - max_new_tokens={config.max_new_tokens}" if too_long else ""))
-    if not items:
+                  f"{config.max_length} - max_new_tokens={config.max_new_tokens}" if too_long else "")
+                  + f"; {cache_note}")
+    if not kept:
         raise UserError(f"none of the prompts fits max_length={config.max_length} with max_new_tokens="
                         f"{config.max_new_tokens} ({too_long} prompts too long)")
-    return items, tokens, too_long
+    return [source[i] for i in kept], all_tokens.subset(kept), too_long
 
 
 def _reference_for_round(config: Config, run: Run, policy, start_name: str):

@@ -1,7 +1,7 @@
 """Reference log-probs for training: a precomputed cache in the log dir, or a frozen model.
 
-With `precompute_reference=true` (the default) the reference model runs over every train and test
-pair once (a forward pass each, no gradients), its log-probs are saved to
+With `precompute_reference=true` (what `auto`, the default, picks for up to
+AUTO_PRECOMPUTE_MAX_PAIRS pairs to score) the reference model runs over every train and test pair once (a forward pass each, no gradients), its log-probs are saved to
 `log_path/reference_logps.pt` and the model is freed, so it is neither in memory nor in the training
 step. The cache is keyed by the tokenized data and a fingerprint of the reference weights: a resumed
 run reuses it, a change of data or model recomputes it. When the reference is the starting policy
@@ -19,11 +19,13 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from cookbook.errors import InvalidOptionError
 from cookbook.preference.batching import PairBatch
 from cookbook.preference.step import reference_pair_logps
 from cookbook.training import distributed as dist_utils
@@ -179,6 +181,24 @@ class ReferenceSource:
         return None
 
 
+PrecomputeReference = Literal["auto", "true", "false"]
+# Above this many pairs to score, `auto` runs the reference in the step: scoring first would hold
+# step 1 back by a quarter of the run's compute (one forward of the three a trained pair costs),
+# hours for a hub-size set on a CPU, for the price of a frozen copy in memory (none with LoRA).
+AUTO_PRECOMPUTE_MAX_PAIRS = 10_000
+
+
+def resolve_precompute(setting: PrecomputeReference | bool, pairs_to_score: int) -> bool:
+    """Whether to score the reference before training, for `precompute_reference=setting`."""
+    if setting in (True, "true"):
+        return True
+    if setting in (False, "false"):
+        return False
+    if setting == "auto":
+        return pairs_to_score <= AUTO_PRECOMPUTE_MAX_PAIRS
+    raise InvalidOptionError(f"precompute_reference={setting!r} is not one of auto, true, false")
+
+
 def prepare_reference(run, policy: torch.nn.Module, policy_fingerprint: str, reference_name: str, start_name: str,
                       data, collate, train_batches: list[list[int]]) -> ReferenceSource:
     """Reference log-probs for the pairs of this rank's `train_batches` (the micro-batches the run
@@ -193,13 +213,21 @@ def prepare_reference(run, policy: torch.nn.Module, policy_fingerprint: str, ref
         return ReferenceSource()
     adapters_off = run.lora.adapters_off if run.lora is not None and reference_name == start_name else None
     reuse_policy = reference_name == start_name and not run.resumed
+    batches = {"train": train_batches,
+               "test": [ids for ids in eval_batches(len(data.test), config.micro_batch_size, info.rank, info.world_size) if ids]}
+    needed = {split: sorted({i for ids in split_batches for i in ids}) for split, split_batches in batches.items()}
+    # Over the whole run (not what is left on resume) and all ranks, so every rank and every resume decide alike.
+    pairs_to_score = int(sum(dist_utils.all_reduce_sum([float(len(needed["train"]) + len(needed["test"]))], info)))
+    precompute = resolve_precompute(config.precompute_reference, pairs_to_score)
+    why = (f" (precompute_reference=auto: {pairs_to_score:,} pairs to score, over {AUTO_PRECOMPUTE_MAX_PAIRS:,}; "
+           "precompute_reference=true scores them before step 1)") if config.precompute_reference == "auto" else ""
 
     def load_reference() -> tuple[torch.nn.Module, str]:
         """The reference model and its weights' fingerprint (taken before FSDP shards them)."""
         if adapters_off is not None:
             # Under DDP the bare module: a forward without gradients needs none of DDP's hooks.
             return dist_utils.unwrap(policy), policy_fingerprint
-        if reuse_policy and config.precompute_reference:
+        if reuse_policy and precompute:
             return policy, policy_fingerprint
         causal_lm = run.load_model(reference_name, trainable=False)
         causal_lm.requires_grad_(False)
@@ -207,16 +235,13 @@ def prepare_reference(run, policy: torch.nn.Module, policy_fingerprint: str, ref
         fingerprint = model_fingerprint(model)
         return run.wrap(model, causal_lm, trainable=False).eval(), fingerprint
 
-    if not config.precompute_reference:
+    if not precompute:
         if adapters_off is not None:
-            console.print("Reference model: the policy with its LoRA adapters off, run in every step")
+            console.print(f"Reference model: the policy with its LoRA adapters off, run in every step{why}")
             return ReferenceSource(model=load_reference()[0], context=adapters_off)
-        console.print(f"Reference model: {reference_name} (frozen copy, run in every step)")
+        console.print(f"Reference model: {reference_name} (frozen copy, run in every step){why}")
         return ReferenceSource(model=load_reference()[0])
 
-    batches = {"train": train_batches,
-               "test": [ids for ids in eval_batches(len(data.test), config.micro_batch_size, info.rank, info.world_size) if ids]}
-    needed = {split: sorted({i for ids in split_batches for i in ids}) for split, split_batches in batches.items()}
     # The loaded data names itself (its cache key); other data is hashed pair by pair.
     data_digest = getattr(data, "fingerprint", "") or data_key(data.train, data.test)
     # On resume the reference weights are not loaded (the key needs their fingerprint): a cache for

@@ -24,7 +24,12 @@ from cookbook.datasets.load import load_preference_data
 from cookbook.datasets.preference import PREFERENCE_DATASETS, DemoBuilder, DPODatasetBuilder
 from cookbook.preference.batching import make_collate
 from cookbook.preference.evaluation import evaluate_pairs
-from cookbook.preference.reference import model_fingerprint, prepare_reference
+from cookbook.preference.reference import (
+    AUTO_PRECOMPUTE_MAX_PAIRS,
+    PrecomputeReference,
+    model_fingerprint,
+    prepare_reference,
+)
 from cookbook.preference.step import PreferenceConfig, pair_micro_batch, pair_step_metrics
 from cookbook.training.display import print_pair
 from cookbook.training.logprobs import SequenceLogprobModel
@@ -44,8 +49,11 @@ class Config(PreferenceConfig):
     reference_model_name: str | None = chz.field(
         default=None, doc="Reference model; default: the starting policy (load_checkpoint_path or model_name)"
     )
-    precompute_reference: bool = chz.field(
-        default=True, doc="Compute reference log-probs once before training and free the reference model"
+    precompute_reference: PrecomputeReference = chz.field(
+        default="auto",
+        doc="true: score every pair the run trains on with the reference once, before step 1, and free the "
+            "reference model; false: run the reference inside every step (training starts at once); auto: true "
+            f"up to {AUTO_PRECOMPUTE_MAX_PAIRS:,} pairs to score, false above",
     )
 
 
