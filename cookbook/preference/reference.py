@@ -1,9 +1,9 @@
 """Reference log-probs for training: a precomputed cache in the log dir, or a frozen model.
 
 With `precompute_reference=true` (what `auto`, the default, picks for up to
-AUTO_PRECOMPUTE_MAX_PAIRS pairs to score) the reference model runs over every train and test pair once (a forward pass each, no gradients), its log-probs are saved to
-`log_path/reference_logps.pt` and the model is freed, so it is neither in memory nor in the training
-step. The cache is keyed by the tokenized data and a fingerprint of the reference weights: a resumed
+AUTO_PRECOMPUTE_MAX_PAIRS pairs to score) the reference model runs over every train and test pair
+once (a forward pass each, no gradients), its log-probs are saved to `log_path/reference_logps.pt`
+and the model is freed, so it is neither in memory nor in the training step. The cache is keyed by the tokenized data and a fingerprint of the reference weights: a resumed
 run reuses it, a change of data or model recomputes it. When the reference is the starting policy
 and we are not resuming, the policy itself (identical weights, before any update) computes them,
 so no second model is ever loaded.
