@@ -171,14 +171,15 @@ def write_round(log_path: str | Path, data: RoundData) -> Path:
     return _write_atomically(directory / SAMPLES_NAME, lines)
 
 
-def read_round(log_path: str | Path, index: int) -> RoundData | None:
-    """The round as written, or None when its samples were never completely written."""
+def read_round(log_path: str | Path, index: int, record_type=PromptRecord) -> RoundData | None:
+    """The round as written, or None when its samples were never completely written; each line is
+    read with `record_type.from_json` (the RL recipe's rounds hold their own records)."""
     directory = round_dir(log_path, index)
     samples = directory / SAMPLES_NAME
     if not samples.exists():
         return None
     with open(samples, encoding="utf-8") as handle:
-        records = [PromptRecord.from_json(json.loads(line)) for line in handle if line.strip()]
+        records = [record_type.from_json(json.loads(line)) for line in handle if line.strip()]
     summary_path = directory / SUMMARY_NAME
     stored = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     return RoundData(index, records, stored.get("summary", {}), stored.get("config", {}))
