@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from cookbook.rl.losses import aggregate, clipped_policy_gradient, group_advantages, k3_kl, zero_variance_groups
+from cookbook.rl.losses import (
+    aggregate,
+    clipped_policy_gradient,
+    group_advantages,
+    k3_kl,
+    zero_variance_groups,
+)
 
 REWARDS = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5], [3.0, 1.0, 2.0, 0.0]])
 

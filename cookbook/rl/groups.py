@@ -297,9 +297,6 @@ class GroupStore:
         """Per-token log-probs of the kept replies under `model`, over this rank's training
         micro-batches (so the old log-probs are bit-identical to the first update's), on every rank."""
         records = data.records
-        for record in records:
-            if record.kept:
-                setattr(record, field, [None] * len(record.replies))
         mine = {}
         was_training = model.training
         model.eval()
@@ -312,10 +309,12 @@ class GroupStore:
                 for i, values in zip(ids, out.token_logps.float().cpu().split(counts)):
                     mine[i] = values.tolist()
         model.train(was_training)
-        for part in dist_utils.all_gather_objects(mine, self.run.info):
-            for i, values in part.items():
-                g, r = replies[i]
-                getattr(records[g], field)[r] = values
+        computed = {i: values for part in dist_utils.all_gather_objects(mine, self.run.info)
+                    for i, values in part.items()}
+        position = {reply: i for i, reply in enumerate(replies)}
+        for g, record in enumerate(records):
+            if record.kept:
+                setattr(record, field, [computed[position[g, r]] for r in range(len(record.replies))])
 
     def _no_signal_error(self) -> NoLearningSignalError:
         entry = ckpt.latest_resumable_checkpoint(self.run.log_path)
