@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.testing import assert_close
 
 from cookbook.cli import run_cli
 from cookbook.on_policy.rounds import read_round
@@ -20,6 +21,7 @@ from cookbook.recipes.rl.train import cli
 from cookbook.rl.groups import GroupRecord
 from cookbook.rl.losses import group_advantages
 from cookbook.rl.train_rl import main
+from cookbook.sampling import SamplingSettings, sample
 from cookbook.training.checkpoint import latest_resumable_checkpoint
 from cookbook.training.metrics import read_metrics
 
@@ -100,6 +102,8 @@ def test_rounds_write_groups_and_the_first_update_is_on_policy(tmp_path, tiny_mo
         assert first["pg/clip_fraction"] == 0.0
     assert records[0]["pg/kl"] == 0.0 and records[1]["pg/kl"] > 0 and records[2]["pg/kl"] > 0
     assert records[1]["pg/ratio_min"] < 1 < records[1]["pg/ratio_max"]
+    # The native sampler's log-probs (KV cache, fp32) and the trainer's differ only by rounding.
+    assert 0 <= records[0]["samples/logprob_diff_mean"] <= records[0]["samples/logprob_diff_max"] < 1e-3
     config = json.loads((log_path / "config.json").read_text())
     assert config["save_every"] == 2 and config["advantage"] == "rloo"
 
@@ -200,3 +204,18 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path, tiny_model_d
     for name, tensor in expected.items():
         assert resumed[name].equal(tensor), name
     assert [r["loss"] for r in train_records(killed)] == [r["loss"] for r in train_records(whole)]
+
+
+def test_the_native_sampler_returns_each_tokens_logprob_as_a_full_forward_computes_it(tiny_model, tokenizer):
+    """return_logprobs: log softmax(logits)[token] at each step (temperature 1, whatever the sampling
+    temperature), equal up to rounding to a full forward over prompt + completion."""
+    prompts = [[1, 2, 3, 4], [5, 6]]
+    completions = sample(tiny_model, prompts, SamplingSettings(6, temperature=1.5), [], tokenizer.pad_token_id,
+                         generator=torch.Generator().manual_seed(0), return_logprobs=True)
+    for prompt, completion in zip(prompts, completions):
+        ids = torch.tensor([prompt + completion.tokens])
+        with torch.no_grad():
+            logits = tiny_model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
+        expected = torch.log_softmax(logits.float(), -1).gather(1, ids[0, len(prompt):, None]).squeeze(1)
+        assert_close(torch.tensor(completion.logprobs), expected, atol=1e-4, rtol=0)
+    assert sample(tiny_model, prompts, SamplingSettings(6), [], tokenizer.pad_token_id)[0].logprobs is None

@@ -114,6 +114,17 @@ def round_metrics(records: list[GroupRecord]) -> dict[str, float]:
     }
 
 
+def sampler_mismatch(records: list[GroupRecord]) -> dict[str, float]:
+    """Mean and max |sampler log-prob - trainer's old log-prob| over the kept replies' tokens (when
+    the sampler returned log-probs): how far the sampler's numerics are from the trainer's."""
+    diffs = [abs(sampled - old) for record in records if record.kept
+             for reply, olds in zip(record.replies, record.old_logps) if reply.sampler_logprobs is not None
+             for sampled, old in zip(reply.sampler_logprobs, olds, strict=True)]
+    if not diffs:
+        return {}
+    return {"samples/logprob_diff_mean": sum(diffs) / len(diffs), "samples/logprob_diff_max": max(diffs)}
+
+
 @dataclass
 class ReplyBatch:
     input_ids: torch.Tensor  # [S, T], right-padded prompt + reply
@@ -277,7 +288,7 @@ class GroupStore:
             reference = self.reference()
             if reference is not None:
                 self._fill_logps(data, replies, "reference_logps", *reference)
-        data.summary = {"round": index, **round_metrics(data.records),
+        data.summary = {"round": index, **round_metrics(data.records), **sampler_mismatch(data.records),
                         "samples/tokens_per_second": stats.generated_tokens / max(stats.seconds, 1e-9),
                         "samples/seconds": stats.seconds,
                         **({"samples/weight_sync_seconds": sync_seconds} if self.engine is not None else {}),

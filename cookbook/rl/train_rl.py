@@ -159,7 +159,7 @@ def _train(config: Config, run: Run) -> Path | None:
                         else contextlib.nullcontext)
     stop_token_ids = list(renderer.get_stop_token_ids())
     sampling = RoundSampling(SamplingSettings(config.max_new_tokens, config.temperature, config.top_p),
-                             config.group_size, config.sampling_batch_size, 0.0, config.seed)
+                             config.group_size, config.sampling_batch_size, 0.0, config.seed, logprobs=True)
     settings = GroupSettings(config.advantage, config.batch_size, config.max_empty_rounds,
                              padding_token_id(tokenizer, stop_token_ids))
     engine = sampling_engine(config, run, start_name, int(prompt_tokens.lengths().max()))
