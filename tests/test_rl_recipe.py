@@ -10,17 +10,21 @@ import sys
 import textwrap
 from pathlib import Path
 
+import chz
 import pytest
 import torch
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
 from cookbook.cli import run_cli
+from cookbook.models import DEFAULT_MODEL
+from cookbook.on_policy.ifeval_synthetic import IFEvalSyntheticPrompts
+from cookbook.on_policy.rewards import IFEvalReward
 from cookbook.on_policy.rounds import read_round
 from cookbook.recipes.rl.train import cli
 from cookbook.rl.groups import GroupRecord
 from cookbook.rl.losses import group_advantages
-from cookbook.rl.train_rl import main
+from cookbook.rl.train_rl import Config, main
 from cookbook.sampling import SamplingSettings, sample
 from cookbook.training.checkpoint import latest_resumable_checkpoint
 from cookbook.training.metrics import read_metrics
@@ -39,6 +43,12 @@ def constant_reward(item, reply: str) -> float:
 
 def nan_on_third_prompt(item, reply: str) -> float:
     return math.nan if item.key == "prompts-3" else float(len(reply) % 5)
+
+
+def raises_on_third_prompt(item, reply: str) -> float:
+    if item.key == "prompts-3":
+        raise KeyError("no answer key")
+    return 1.0
 
 
 def constant_on_the_first_four(item, reply: str) -> float:
@@ -142,13 +152,15 @@ def test_a_run_without_any_learning_signal_stops_with_one_message(tmp_path, tiny
     assert not (log_path / "final").exists()
 
 
-def test_a_reward_that_gives_nan_fails_naming_the_prompt_and_the_reward(tmp_path, tiny_model_dir, prompt_file,
-                                                                         capsys):
+@pytest.mark.parametrize("reward, detail", [("nan_on_third_prompt", "gave nan"),
+                                            ("raises_on_third_prompt", "KeyError: 'no answer key'")])
+def test_a_reward_that_fails_or_gives_nan_is_one_error_naming_the_prompt_and_the_reward(
+        tmp_path, tiny_model_dir, prompt_file, capsys, reward, detail):
     sys.path.insert(0, str(HERE))
     log_path = tmp_path / "run"
-    assert run_cli(main, with_reward(args(log_path, tiny_model_dir, prompt_file), "nan_on_third_prompt")) == 2
+    assert run_cli(main, with_reward(args(log_path, tiny_model_dir, prompt_file), reward)) == 2
     (error,) = error_lines(capsys.readouterr().err)
-    assert "reward test_rl_recipe:nan_on_third_prompt" in error and "'prompts-3'" in error, error
+    assert f"reward test_rl_recipe:{reward}" in error and "'prompts-3'" in error and detail in error, error
     assert read(log_path, 0) is None  # nothing trusted was written
 
 
@@ -219,3 +231,34 @@ def test_the_native_sampler_returns_each_tokens_logprob_as_a_full_forward_comput
         expected = torch.log_softmax(logits.float(), -1).gather(1, ids[0, len(prompt):, None]).squeeze(1)
         assert_close(torch.tensor(completion.logprobs), expected, atol=1e-4, rtol=0)
     assert sample(tiny_model, prompts, SamplingSettings(6), [], tokenizer.pad_token_id)[0].logprobs is None
+
+
+def test_help_documents_every_field():
+    with pytest.raises(chz.blueprint.EntrypointHelpException) as help_text:
+        cli(["--help"])
+    out = str(help_text.value)
+    for name in chz.chz_fields(Config):
+        assert name in out, name
+    assert "Replies sampled per prompt" in out and "k3 KL" in out
+
+
+def test_log_path_alone_is_the_quickstart():
+    config = chz.Blueprint(Config).make_from_argv(["log_path=/tmp/rl-quickstart"])
+    assert isinstance(config.prompts, IFEvalSyntheticPrompts) and isinstance(config.reward, IFEvalReward)
+    assert config.model_name == DEFAULT_MODEL and config.save_every == config.updates_per_batch
+    config.reward.check_prompts(config.prompts())  # the bundled prompts carry what reward=ifeval checks
+
+
+@pytest.mark.parametrize("option, message", [
+    ("group_size=1", "group_size must be >= 2"),
+    ("advantage=ppo", "advantage"),
+    ("loss_aggregation=prompt", "loss_aggregation"),
+    ("clip_low=1.0", "clip_low must be in"),
+    ("kl_coef=-1", "kl_coef must be"),
+    ("num_epochs=2", "updates_per_batch"),
+])
+def test_bad_options_are_one_error(tmp_path, option, message, capsys):
+    assert run_cli(main, [f"log_path={tmp_path / 'run'}", option]) == 2
+    (error,) = error_lines(capsys.readouterr().err)
+    assert message in error, error
+    assert not (tmp_path / "run").exists()
