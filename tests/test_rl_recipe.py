@@ -262,3 +262,34 @@ def test_bad_options_are_one_error(tmp_path, option, message, capsys):
     (error,) = error_lines(capsys.readouterr().err)
     assert message in error, error
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("aggregation, advantage", [("token", "grpo"), ("sequence", "dr_grpo")])
+def test_the_first_updates_loss_is_minus_the_mean_advantage(tmp_path, tiny_model_dir, prompt_file, aggregation,
+                                                              advantage):
+    """At ratio 1 without KL the loss is -A per token: token aggregation averages it over every
+    trained token of the batch, sequence aggregation over replies (each reply's tokens share its A)."""
+    sys.path.insert(0, str(HERE))
+    log_path = tmp_path / "run"
+    argv = [a for a in args(log_path, tiny_model_dir, prompt_file) if not a.startswith(("rounds=", "updates_"))]
+    cli(argv + ["rounds=1", "updates_per_batch=1", f"loss_aggregation={aggregation}", f"advantage={advantage}"])
+    kept = [(a, len(reply.tokens)) for record in read(log_path, 0).records if record.kept
+            for a, reply in zip(record.advantages, record.replies)]
+    if aggregation == "token":
+        expected = -sum(a * n for a, n in kept) / sum(n for _, n in kept)
+    else:
+        expected = -sum(a for a, _ in kept) / len(kept)
+    (record,) = train_records(log_path)
+    assert record["loss"] == pytest.approx(expected, abs=1e-6)
+    assert record["pg/replies"] == len(kept)
+
+
+def test_lora_with_kl_uses_the_adapter_off_model_as_reference(tmp_path, tiny_model_dir, prompt_file):
+    sys.path.insert(0, str(HERE))
+    log_path = tmp_path / "run"
+    cli(args(log_path, tiny_model_dir, prompt_file, "lora_rank=4", "learning_rate=5e-3", "kl_coef=0.05"))
+    records = train_records(log_path)
+    # peft starts its adapters at zero: the policy is the reference until the first update.
+    assert records[0]["pg/kl"] == pytest.approx(0.0, abs=1e-7) and records[2]["pg/kl"] > 0
+    assert records[2]["pg/ratio_min"] == records[2]["pg/ratio_max"] == 1.0
+    assert (log_path / "final" / "adapter_model.safetensors").exists()
