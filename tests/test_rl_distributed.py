@@ -1,6 +1,6 @@
 """The RL recipe on two CPU processes (gloo, DDP): each rank samples its share and computes its
-share of the old log-probs, every rank ends with all of them; training on the same round files
-gives what one process gives."""
+share of the old log-probs, every rank ends with all of them, and one process training on the same
+round files ends with the same weights."""
 
 import shutil
 import sys
@@ -25,39 +25,35 @@ def prompt_file(tmp_path):
     return path
 
 
-def test_ddp_ranks_sample_their_share_and_the_first_update_is_on_policy(tmp_path, tiny_model_dir, prompt_file,
-                                                                          monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(HERE))
-    log_path = tmp_path / "ddp"
-    argv = [a for a in args(log_path, tiny_model_dir, prompt_file) if not a.startswith("rounds=")]
-    torchrun("-m", "cookbook.recipes.rl.train", *argv, "rounds=1", "distributed=ddp", "precision=fp32")
-    data = read(log_path, 0)
-    assert [r.messages[0]["content"] for r in data.records] == PROMPTS[:4]
-    for record in data.records:
-        if record.kept:
-            assert [len(v) for v in record.old_logps] == [len(reply.tokens) for reply in record.replies]
-    first = train_records(log_path)[0]
-    # Each rank's old log-probs came back to the reply they belong to: every ratio is exactly 1.
-    assert first["pg/ratio_min"] == first["pg/ratio_max"] == 1.0
-    assert first["pg/replies"] == sum(len(r.replies) for r in data.records if r.kept)
-
-
-def test_ddp_trains_on_the_rounds_as_one_process_does(tmp_path, tiny_model_dir, prompt_file, monkeypatch):
+def test_ddp_samples_its_shares_starts_each_round_on_policy_and_trains_as_one_process(
+        tmp_path, tiny_model_dir, prompt_file, monkeypatch):
     sys.path.insert(0, str(HERE))
     monkeypatch.setenv("PYTHONPATH", str(HERE))
+    ddp = tmp_path / "ddp"
+    torchrun("-m", "cookbook.recipes.rl.train", *args(ddp, tiny_model_dir, prompt_file, "distributed=ddp",
+                                                      "precision=fp32"))
+    for index in (0, 1):
+        data = read(ddp, index)
+        assert [r.messages[0]["content"] for r in data.records] == PROMPTS[4 * index : 4 * index + 4]
+        for record in data.records:
+            if record.kept:
+                assert [len(v) for v in record.old_logps] == [len(reply.tokens) for reply in record.replies]
+    two = train_records(ddp)
+    for first in (two[0], two[2]):
+        # Each rank's old log-probs came back to the replies they belong to: every ratio is exactly 1.
+        assert first["pg/ratio_min"] == first["pg/ratio_max"] == 1.0
+
+    # One process reads the rounds the two ranks sampled instead of sampling its own.
     single = tmp_path / "single"
-    cli(args(single, tiny_model_dir, prompt_file, "precision=fp32"))
-    # The two-rank run reads the rounds the single process sampled instead of sampling its own.
-    log_path = tmp_path / "ddp"
-    log_path.mkdir()
-    shutil.copytree(single / "rounds", log_path / "rounds")
-    torchrun("-m", "cookbook.recipes.rl.train", *args(log_path, tiny_model_dir, prompt_file, "distributed=ddp",
-                                                      "precision=fp32", "behavior_if_log_dir_exists=resume"))
-    one, two = train_records(single), train_records(log_path)
+    single.mkdir()
+    shutil.copytree(ddp / "rounds", single / "rounds")
+    cli(args(single, tiny_model_dir, prompt_file, "precision=fp32", "behavior_if_log_dir_exists=resume"))
+    one = train_records(single)
     assert [r["step"] for r in one] == [r["step"] for r in two]
     for a, b in zip(one, two):
-        for key in ("loss", "pg/ratio_mean", "pg/ratio_min", "pg/ratio_max", "pg/clip_fraction", "num_tokens"):
+        for key in ("loss", "pg/ratio_mean", "pg/ratio_min", "pg/ratio_max", "pg/clip_fraction", "num_tokens",
+                    "pg/replies"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
-    w1, w2 = load_file(single / "final" / "model.safetensors"), load_file(log_path / "final" / "model.safetensors")
+    w1, w2 = load_file(single / "final" / "model.safetensors"), load_file(ddp / "final" / "model.safetensors")
     for name in w1:
         torch.testing.assert_close(w1[name], w2[name], rtol=1e-4, atol=5e-5, msg=name)

@@ -69,7 +69,7 @@ def prompt_file(tmp_path):
 
 def args(log_path, model_dir, prompt_file, *extra):
     return [f"log_path={log_path}", f"model_name={model_dir}", f"prompts={prompt_file}",
-            "reward=test_rl_recipe:reply_length_reward", "rounds=2", "batch_size=4", "group_size=3",
+            "reward=test_rl_recipe:reply_length_reward", "rounds=2", "batch_size=12", "group_size=3",
             "updates_per_batch=2", "micro_batch_size=4", "max_new_tokens=10", "max_length=96", "show_example=false",
             "learning_rate=1e-3", "display=plain", "sampler=native", *extra]
 
@@ -190,11 +190,21 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("kill_at", ["sampling:2", "training:4"])
-def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path, tiny_model_dir, prompt_file, kill_at):
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory, tiny_model_dir):
     sys.path.insert(0, str(HERE))
-    whole = tmp_path / "whole"
-    cli(args(whole, tiny_model_dir, prompt_file, "save_every=1"))
+    directory = tmp_path_factory.mktemp("uninterrupted")
+    prompts = directory / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
+    cli(args(directory / "run", tiny_model_dir, prompts, "save_every=1"))
+    return directory / "run"
+
+
+@pytest.mark.parametrize("kill_at", ["sampling:2", "training:4"])
+def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path, tiny_model_dir, prompt_file, kill_at,
+                                                          uninterrupted_run):
+    sys.path.insert(0, str(HERE))
+    whole = uninterrupted_run
 
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER.format(tests=str(HERE)))
@@ -251,6 +261,7 @@ def test_log_path_alone_is_the_quickstart():
 
 @pytest.mark.parametrize("option, message", [
     ("group_size=1", "group_size must be >= 2"),
+    ("group_size=5", "batch_size=64 (replies per batch) must be a multiple of group_size=5"),
     ("advantage=ppo", "advantage"),
     ("loss_aggregation=prompt", "loss_aggregation"),
     ("clip_low=1.0", "clip_low must be in"),

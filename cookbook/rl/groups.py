@@ -283,7 +283,7 @@ class GroupStore:
         if replies:
             if run.info.world_size > len(replies):
                 raise UserError(f"round {index} kept {len(replies)} replies, fewer than the {run.info.world_size} "
-                                "ranks: give more prompts per round (batch_size)")
+                                "ranks: sample more replies per round (batch_size)")
             self._fill_logps(data, replies, "old_logps", self.policy, contextlib.nullcontext)
             reference = self.reference()
             if reference is not None:

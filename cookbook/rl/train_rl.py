@@ -1,7 +1,7 @@
 """RL with verifiable rewards (the GRPO family) on the shared loop: the policy is trained on the
 rewards of its own replies.
 
-    for each batch (a round): batch_size prompts -> group_size replies each from the policy as it is
+    for each batch (a round): batch_size / group_size prompts -> group_size replies each from the policy as it is
     now -> the reward scores every reply -> advantage = reward - the group's baseline (groups whose
     replies all scored the same are dropped) -> the trainer's own log-probs of the sampled tokens,
     once -> updates_per_batch optimizer steps of the clipped policy gradient on every kept reply ->
@@ -76,8 +76,8 @@ class Config(TrainingConfig):
             "(reward.model_name=...), module:Class or module:function",
     )
     rounds: int = chz.field(default=8, doc="Batches of sample -> score -> train")
-    batch_size: int = chz.field(default=16, doc="Prompts per batch (round), over all ranks: the next ones each "
-                                "round, wrapping around the prompt list; each gets group_size replies")
+    batch_size: int = chz.field(default=64, doc="Replies sampled per batch (round), over all ranks: batch_size / "
+                                "group_size prompts, the next ones each round (wrapping around the prompt list)")
     micro_batch_size: int = chz.field(default=8, doc="Replies per forward pass on one rank (accumulation follows)")
     group_size: int = chz.field(default=4, doc="Replies sampled per prompt (a group); advantages are taken "
                                 "within it")
@@ -121,6 +121,9 @@ class Config(TrainingConfig):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.group_size < 2:
             raise ValueError(f"group_size must be >= 2 (an advantage compares replies), got {self.group_size}")
+        if self.batch_size % self.group_size:
+            raise ValueError(f"batch_size={self.batch_size} (replies per batch) must be a multiple of "
+                             f"group_size={self.group_size}")
         if self.advantage not in ADVANTAGE_KINDS:
             raise ValueError(f"advantage={self.advantage!r} is not one of {', '.join(ADVANTAGE_KINDS)}")
         if self.loss_aggregation not in LOSS_AGGREGATIONS:
@@ -160,7 +163,7 @@ def _train(config: Config, run: Run) -> Path | None:
     stop_token_ids = list(renderer.get_stop_token_ids())
     sampling = RoundSampling(SamplingSettings(config.max_new_tokens, config.temperature, config.top_p),
                              config.group_size, config.sampling_batch_size, 0.0, config.seed, logprobs=True)
-    settings = GroupSettings(config.advantage, config.batch_size, config.max_empty_rounds,
+    settings = GroupSettings(config.advantage, config.batch_size // config.group_size, config.max_empty_rounds,
                              padding_token_id(tokenizer, stop_token_ids))
     engine = sampling_engine(config, run, start_name, int(prompt_tokens.lengths().max()))
     store = GroupStore(run, causal_lm, policy, prompts, prompt_tokens, renderer, scorer, sampling, settings,
