@@ -111,7 +111,6 @@ class Config(TrainingConfig):
                                 "run_inspect_evals); any value logs nothing")
     save_every: int = chz.field(default=None, munger=_every_batch, x_type=int | None,
                                 doc="Resumable checkpoint every N steps (default: updates_per_batch, every round)")
-    learning_rate: float = chz.field(default=1e-6, doc="Peak AdamW learning rate")
     lr_schedule: LRSchedule = chz.field(default="constant", doc="linear, cosine or constant decay after warmup")
 
     @chz.validate
