@@ -82,10 +82,12 @@ def read(log_path, index):
     return read_round(log_path, index, GroupRecord)
 
 
-def test_rounds_write_groups_and_the_first_update_is_on_policy(tmp_path, tiny_model_dir, prompt_file):
+@pytest.mark.parametrize("precision, sampler_tolerance", [("fp32", 1e-4), ("bf16-mixed", 2e-2)])
+def test_rounds_write_groups_and_the_first_update_is_on_policy(tmp_path, tiny_model_dir, prompt_file, precision,
+                                                               sampler_tolerance):
     sys.path.insert(0, str(HERE))
     log_path = tmp_path / "run"
-    final = cli(args(log_path, tiny_model_dir, prompt_file, "kl_coef=0.1", "advantage=rloo"))
+    final = cli(args(log_path, tiny_model_dir, prompt_file, "kl_coef=0.1", "advantage=rloo", f"precision={precision}"))
     assert final == log_path / "final" and (final / "model.safetensors").exists()
     for index in (0, 1):
         data = read(log_path, index)
@@ -112,8 +114,8 @@ def test_rounds_write_groups_and_the_first_update_is_on_policy(tmp_path, tiny_mo
         assert first["pg/clip_fraction"] == 0.0
     assert records[0]["pg/kl"] == 0.0 and records[1]["pg/kl"] > 0 and records[2]["pg/kl"] > 0
     assert records[1]["pg/ratio_min"] < 1 < records[1]["pg/ratio_max"]
-    # The native sampler's log-probs (KV cache, fp32) and the trainer's differ only by rounding.
-    assert 0 <= records[0]["samples/logprob_diff_mean"] <= records[0]["samples/logprob_diff_max"] < 1e-3
+    # The native sampler's log-probs (KV cache, one token at a time) and the trainer's differ only by rounding.
+    assert 0 <= records[0]["samples/logprob_diff_mean"] <= records[0]["samples/logprob_diff_max"] < sampler_tolerance
     config = json.loads((log_path / "config.json").read_text())
     assert config["save_every"] == 2 and config["advantage"] == "rloo"
 
