@@ -113,6 +113,8 @@ def test_rounds_write_groups_and_the_first_update_is_on_policy(tmp_path, tiny_mo
         assert first["pg/ratio_min"] == first["pg/ratio_max"] == 1.0
         assert first["pg/clip_fraction"] == 0.0
     assert records[0]["pg/kl"] == 0.0 and records[1]["pg/kl"] > 0 and records[2]["pg/kl"] > 0
+    kept = [v for r in read(log_path, 0).records if r.kept for old in r.old_logps for v in old]
+    assert records[0]["pg/token_nll"] == pytest.approx(-sum(kept) / len(kept), rel=1e-5)
     assert records[1]["pg/ratio_min"] < 1 < records[1]["pg/ratio_max"]
     # The native sampler's log-probs (KV cache, one token at a time) and the trainer's differ only by rounding.
     assert 0 <= records[0]["samples/logprob_diff_mean"] <= records[0]["samples/logprob_diff_max"] < sampler_tolerance

@@ -231,7 +231,7 @@ class RLTask:
             **sums, "loss": float(loss_sum.detach()), "num_tokens": float(batch.attention_mask.sum()),
             "num_slots": float(batch.input_ids.numel()), "trained_tokens": float(pg.ratios.numel()),
             "replies": float(len(ids)), "clipped": float(pg.clipped.sum()), "ratio": float(pg.ratios.sum()),
-            "advantage_abs": float(batch.advantages.abs().sum()),
+            "advantage_abs": float(batch.advantages.abs().sum()), "token_nll": -float(out.token_logps.detach().sum()),
         })
 
     def step_metrics(self, sums: dict[str, float], denominator: float) -> dict[str, float]:
@@ -245,6 +245,9 @@ class RLTask:
             **self.store.summary(), "loss": sums["loss"] / denominator, "pg/clip_fraction": sums["clipped"] / tokens,
             "pg/ratio_mean": sums["ratio"] / tokens, "pg/ratio_min": ratio_min, "pg/ratio_max": ratio_max,
             "pg/replies": int(sums["replies"]), "pg/advantage_abs": sums["advantage_abs"] / tokens,
+            # The policy's entropy estimated from its own samples (unbiased at temperature 1, top_p 1):
+            # cheap, where the exact entropy would need the full logits the chunked head never forms.
+            "pg/token_nll": sums["token_nll"] / tokens,
         }
         if "kl" in sums:
             metrics["pg/kl"] = sums["kl"] / tokens
