@@ -176,6 +176,9 @@ class GroupSettings:
 
 
 class GroupStore:
+    """The rounds of a run: asked for batch b (by the schedule, at the batch's first step), it reads
+    back or samples the rounds up to the one b trains on, and collates its kept replies."""
+
     def __init__(self, run, causal_lm, policy, prompts: list[PromptItem], prompt_tokens: list[list[int]], renderer,
                  scorer, sampling: RoundSampling, settings: GroupSettings, reference: Callable[[], Reference],
                  sampling_scope: Callable = contextlib.nullcontext,

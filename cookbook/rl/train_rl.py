@@ -197,6 +197,9 @@ def _reference(config: Config, run: Run, policy, start_name: str):
 
 
 class RLTask:
+    """The recipe's part of the loop: reply ids -> the summed clipped policy-gradient (+ KL) loss,
+    divided by the batch's trained tokens (token) or replies (sequence)."""
+
     def __init__(self, store: GroupStore, config: Config, info: dist_utils.DistInfo):
         self.store, self.config, self.info = store, config, info
         self.ratio_range = [math.inf, -math.inf]  # this step's (min, max) on this rank
