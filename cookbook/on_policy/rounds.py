@@ -95,6 +95,8 @@ class Reply:
     text: str  # the assistant message the renderer parses from them
     reward: float
     stopped: bool  # False: cut off at max_new_tokens
+    # The sampler's log-prob of each token, when asked for (RoundSampling.logprobs); not written to disk.
+    sampler_logprobs: list[float] | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -171,14 +173,15 @@ def write_round(log_path: str | Path, data: RoundData) -> Path:
     return _write_atomically(directory / SAMPLES_NAME, lines)
 
 
-def read_round(log_path: str | Path, index: int) -> RoundData | None:
-    """The round as written, or None when its samples were never completely written."""
+def read_round(log_path: str | Path, index: int, record_type=PromptRecord) -> RoundData | None:
+    """The round as written, or None when its samples were never completely written; each line is
+    read with `record_type.from_json` (the RL recipe's rounds hold their own records)."""
     directory = round_dir(log_path, index)
     samples = directory / SAMPLES_NAME
     if not samples.exists():
         return None
     with open(samples, encoding="utf-8") as handle:
-        records = [PromptRecord.from_json(json.loads(line)) for line in handle if line.strip()]
+        records = [record_type.from_json(json.loads(line)) for line in handle if line.strip()]
     summary_path = directory / SUMMARY_NAME
     stored = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     return RoundData(index, records, stored.get("summary", {}), stored.get("config", {}))
@@ -223,6 +226,7 @@ class RoundSampling:
     batch_size: int
     min_reward_gap: float
     seed: int
+    logprobs: bool = False  # the native sampler also returns each token's log-prob (Reply.sampler_logprobs)
 
 
 @dataclass(frozen=True)
@@ -253,6 +257,7 @@ def collect_round(causal_lm, prompts: list[PromptItem], prompt_tokens: list[list
             causal_lm, [prompt_tokens[i] for i in mine + [0] * filler for _ in range(repeat)], sampling.settings,
             stop_token_ids=stop_token_ids, pad_token_id=padding_token_id(renderer.tokenizer, stop_token_ids),
             batch_size=sampling.batch_size, generator=generator, compute_context=compute_context, lockstep=lockstep,
+            return_logprobs=sampling.logprobs,
         )
     seconds = time.perf_counter() - started
     completions = completions[: len(mine) * repeat]
@@ -261,7 +266,8 @@ def collect_round(causal_lm, prompts: list[PromptItem], prompt_tokens: list[list
     records = []
     for n, index in enumerate(mine):
         span = range(n * repeat, (n + 1) * repeat)
-        replies = [Reply(completions[j].tokens, texts[j], float(rewards[j]), completions[j].stopped) for j in span]
+        replies = [Reply(completions[j].tokens, texts[j], float(rewards[j]), completions[j].stopped,
+                         completions[j].logprobs) for j in span]
         choice = select_pair([reply.reward for reply in replies], sampling.min_reward_gap)
         item = prompts[index]
         records.append((index, PromptRecord(

@@ -150,7 +150,7 @@ def _train(config: Config, run: Run) -> Path | None:
     info, console = run.info, run.console
     start_name = config.load_checkpoint_path or config.model_name
     tokenizer, renderer = run.tokenizer_and_renderer(start_name)
-    prompts, prompt_tokens, too_long = _render_prompts(config, renderer, console)
+    prompts, prompt_tokens, too_long = render_prompts(config, renderer, console)
     scorer = config.reward.build(info.device)
 
     causal_lm = run.load_model(run.model_source(start_name), packed_rows=config.layout != "padded")
@@ -167,7 +167,7 @@ def _train(config: Config, run: Run) -> Path | None:
                         else contextlib.nullcontext)
     sampling = RoundSampling(SamplingSettings(config.max_new_tokens, config.temperature, config.top_p),
                         config.samples_per_prompt, config.sampling_batch_size, config.min_reward_gap, config.seed)
-    engine = _sampling_engine(config, run, start_name, int(prompt_tokens.lengths().max()))
+    engine = sampling_engine(config, run, start_name, int(prompt_tokens.lengths().max()))
     store = RoundStore(run, causal_lm, prompts, prompt_tokens, renderer, scorer, sampling, config.prompts_per_round,
                        layout.collate, _reference_for_round(config, run, policy, start_name)
                        if config.loss_settings.needs_reference else None, sampling_scope, sampling_context, lockstep,
@@ -193,7 +193,7 @@ def _train(config: Config, run: Run) -> Path | None:
                      eval_tasks="cookbook/ifeval")
 
 
-def _sampling_engine(config: Config, run: Run, start_name: str, longest_prompt: int):
+def sampling_engine(config: Config, run: Run, start_name: str, longest_prompt: int):
     """This process's vLLM engine when `sampler=` chooses vLLM, else None; says which and why."""
     sample_dtype = run.plan.compute_dtype if config.sample_in_compute_precision else torch.float32
     try:
@@ -224,7 +224,7 @@ def _sampling_engine(config: Config, run: Run, start_name: str, longest_prompt: 
     return engine
 
 
-def _render_prompts(config: Config, renderer, console) -> tuple[list[PromptItem], TokenListSet, int]:
+def render_prompts(config: Config, renderer, console) -> tuple[list[PromptItem], TokenListSet, int]:
     """The usable prompts, their generation-prompt tokens, and how many did not fit max_length."""
     source = config.prompts()
     config.reward.check_prompts(source)  # e.g. reward=ifeval on prompts without instructions: fail now

@@ -42,6 +42,9 @@ from cookbook.sampling.token_choice import choose_tokens
 class Completion:
     tokens: list[int]  # generated tokens, up to and including the first stop token
     stopped: bool  # True: ended by a stop token/string; False: hit max_new_tokens
+    # With return_logprobs: each token's log-prob under the model's logits (temperature 1), as
+    # the sampler computed them, so a trainer can measure how far its own log-probs differ.
+    logprobs: list[float] | None = None
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,17 +135,21 @@ class BatchDecoder:
 class RowProgress:
     """Each row's tokens so far, whether it stopped, and which rows are still decoding."""
 
-    def __init__(self, rows: int, rule: StopRule) -> None:
+    def __init__(self, rows: int, rule: StopRule, logprobs: bool = False) -> None:
         self.rule = rule
         self.tokens: list[list[int]] = [[] for _ in range(rows)]
+        self.logprobs: list[list[float]] | None = [[] for _ in range(rows)] if logprobs else None
         self.stopped = [False] * rows
         self.live = list(range(rows))  # batch rows still decoding, in the decoder's row order
 
-    def add(self, chosen: list[int]) -> list[int]:
-        """Append each live row's new token; the positions (among the live rows) of those that go on."""
+    def add(self, chosen: list[int], logprobs: list[float] | None = None) -> list[int]:
+        """Append each live row's new token (and its log-prob); the positions (among the live rows)
+        of those that go on."""
         keep = []
         for position, (row, token) in enumerate(zip(self.live, chosen)):
             self.tokens[row].append(token)
+            if self.logprobs is not None:
+                self.logprobs[row].append(logprobs[position])
             done, self.stopped[row] = self.rule.finished(self.tokens[row])
             if not done:
                 keep.append(position)
@@ -150,7 +157,9 @@ class RowProgress:
         return keep
 
     def completions(self) -> list[Completion]:
-        return [Completion(tokens, stopped) for tokens, stopped in zip(self.tokens, self.stopped)]
+        logprobs = self.logprobs or [None] * len(self.tokens)
+        return [Completion(tokens, stopped, row_logprobs)
+                for tokens, stopped, row_logprobs in zip(self.tokens, self.stopped, logprobs)]
 
 
 def decode_batch(
@@ -164,15 +173,17 @@ def decode_batch(
     uniforms: torch.Tensor | None,
     compute_context: Callable[[], AbstractContextManager],
     lockstep: Callable[[bool], bool] | None,
+    return_logprobs: bool = False,
 ) -> list[Completion]:
     """Completions of `prompts` (one batch). `uniforms` [rows, max_new_tokens]: row r's draw for
     its token i (None when greedy). With `lockstep`, steps continue (idle forwards once this
-    batch is done) for as long as `lockstep(this rank has unfinished rows)` says any rank does."""
+    batch is done) for as long as `lockstep(this rank has unfinished rows)` says any rank does.
+    `return_logprobs` also gives each chosen token's log-softmax of the logits."""
     decoder = BatchDecoder(model, prompts, rule.max_new_tokens, pad_token_id)
     device = decoder.input_ids.device
     if uniforms is not None:
         uniforms = uniforms.to(device)
-    progress = RowProgress(len(prompts), rule)
+    progress = RowProgress(len(prompts), rule, return_logprobs)
     with compute_context():
         logits = decoder.prefill()
         step = 0  # index of the token being chosen
@@ -180,8 +191,10 @@ def decode_batch(
             if progress.live:
                 draws = None if uniforms is None else uniforms[progress.live, step]
                 chosen = choose_tokens(logits, temperature, top_k, top_p, draws)
+                logprobs = (torch.log_softmax(logits.float(), -1).gather(1, chosen[:, None]).squeeze(1).tolist()
+                            if return_logprobs else None)
                 before = len(progress.live)
-                keep = progress.add(chosen.tolist())
+                keep = progress.add(chosen.tolist(), logprobs)
                 if keep and len(keep) < before:
                     kept = torch.tensor(keep, device=device)
                     decoder.keep_rows(kept)

@@ -110,8 +110,9 @@ def sample(
     tokenizer=None,
     compute_context: Callable[[], AbstractContextManager] = contextlib.nullcontext,
     lockstep: Callable[[bool], bool] | None = None,
+    return_logprobs: bool = False,
 ) -> list[Completion]:
-    """One `Completion` per prompt, in input order.
+    """One `Completion` per prompt, in input order (with `return_logprobs`, each token's log-prob).
 
     `compute_context` is entered around each batch's forwards (pass the training precision's
     autocast, or nullcontext). `lockstep`, for FSDP2 where every rank must run the same forwards:
@@ -143,6 +144,7 @@ def sample(
                 uniforms=uniforms[batch] if uniforms is not None else None,
                 compute_context=compute_context,
                 lockstep=lockstep,
+                return_logprobs=return_logprobs,
             )
             for i, completion in zip(batch, completions):
                 results[i] = completion

@@ -106,10 +106,12 @@ class LossTokens:
 
 @dataclass
 class SequenceLogprobs:
-    """Per-sequence weighted log-prob sums [S] and loss-token counts [S] (weight sums)."""
+    """Per-sequence weighted log-prob sums [S] and loss-token counts [S] (weight sums), and the
+    unweighted log-prob of each loss token [N] in `LossTokens` order (RL's per-token losses)."""
 
     logps: Tensor
     num_loss_tokens: Tensor
+    token_logps: Tensor | None = None
 
 
 def _reduce_to_sequences(token_logps: Tensor, loss_tokens: LossTokens) -> SequenceLogprobs:
@@ -117,7 +119,7 @@ def _reduce_to_sequences(token_logps: Tensor, loss_tokens: LossTokens) -> Sequen
     zeros = torch.zeros(loss_tokens.num_sequences, dtype=torch.float32, device=token_logps.device)
     logps = zeros.index_add(0, loss_tokens.sequence_index, token_logps * weights)
     counts = zeros.index_add(0, loss_tokens.sequence_index, weights)
-    return SequenceLogprobs(logps=logps, num_loss_tokens=counts)
+    return SequenceLogprobs(logps=logps, num_loss_tokens=counts, token_logps=token_logps)
 
 
 def supports_chunked_head(model: nn.Module) -> bool:
