@@ -96,6 +96,9 @@ def test_a_stop_string_ends_the_row_at_the_token_that_completes_it(model, tokeni
 def test_sampling_is_reproducible_with_a_seed_and_differs_with_another(model, tokenizer):
     settings = SamplingSettings(12, temperature=1.5)
     pad = tokenizer.pad_token_id
+    # float64: a batch of one and a batch of four round their matmuls differently, and in float32
+    # that can flip a draw that falls next to a boundary between two tokens' probabilities.
+    model = model.double()
 
     def run(seed, prompts=PROMPTS, **kwargs):
         return tokens_of(sample(model, prompts, settings, [], pad, generator=torch.Generator().manual_seed(seed),
