@@ -30,24 +30,23 @@ from pathlib import Path
 from typing import Literal
 
 import chz
-import torch
 from torch import nn
 
-from cookbook.datasets.cache import TokenListSet
-from cookbook.datasets.load import load_prompt_tokens
-from cookbook.datasets.tokenize import MIN_COMPLETION_TOKENS
 from cookbook.errors import UserError
 from cookbook.eval.ifeval import bundled_ifeval_rows, ifeval_metrics
-from cookbook.models import adapter_base_model, is_adapter_checkpoint, resolve_model_path
-from cookbook.on_policy.ifeval_synthetic import IFEvalSyntheticPrompts
-from cookbook.on_policy.prompts import PROMPT_SOURCES, PromptItem, PromptSource
-from cookbook.on_policy.rewards import REWARDS, IFEvalReward, Reward
-from cookbook.on_policy.rounds import RoundSampling, RoundSchedule, RoundStore, split_pair_id
+from cookbook.on_policy.rounds import (
+    RoundSampling,
+    RoundSchedule,
+    RoundStore,
+    SampledRoundsConfig,
+    render_prompts,
+    sampling_engine,
+    split_pair_id,
+)
 from cookbook.preference import reference as ref
 from cookbook.preference.batching import make_collate
 from cookbook.preference.step import LossSettings, PreferenceConfig, pair_micro_batch, pair_step_metrics
 from cookbook.sampling import SamplingSettings
-from cookbook.sampling.vllm_engine import EngineOptions, SamplerName, choose_sampler, get_engine
 from cookbook.training import distributed as dist_utils
 from cookbook.training.logprobs import SequenceLogprobModel
 from cookbook.training.loop import MicroBatchOutput, Run, run_recipe
@@ -66,19 +65,9 @@ def _every_round(config: Config, value: int | None) -> int:
 
 
 @chz.chz
-class Config(PreferenceConfig):
+class Config(PreferenceConfig, SampledRoundsConfig):
     log_path: str = chz.field(default="runs/on-policy", doc="Directory for config.json, metrics.jsonl, "
                               "rounds/<n>/samples.jsonl, checkpoints")
-    prompts: PromptSource = chz.field(
-        default_factory=IFEvalSyntheticPrompts, meta_factory=PROMPT_SOURCES.meta_factory(),
-        doc="Prompts to sample on: ifeval_synthetic, file (a JSONL, or give the path), prompts:<preference data "
-            "set> (e.g. prompts:hhh) or module:Class",
-    )
-    reward: Reward = chz.field(
-        default_factory=IFEvalReward, meta_factory=REWARDS.meta_factory(),
-        doc="Scores each reply: ifeval (fraction of the prompt's instructions followed), reward_model "
-            "(reward.model_name=...), module:Class or module:function",
-    )
     rounds: int = chz.field(default=2, doc="Rounds of sample -> score -> pair -> train")
     prompts_per_round: int = chz.field(default=64, doc="Prompts sampled each round (the next ones each round, "
                                        "wrapping around the prompt list)")
@@ -89,22 +78,6 @@ class Config(PreferenceConfig):
     reference: ReferenceChoice = chz.field(
         default="round_start", doc="round_start: the model the round starts from; initial: the starting model"
     )
-    temperature: float = chz.field(default=0.7, doc="Sampling temperature (> 0)")
-    top_p: float = chz.field(default=1.0, doc="Nucleus sampling: keep the smallest set of tokens with this mass")
-    max_new_tokens: int = chz.field(default=256, doc="Most tokens per sampled reply")
-    sampling_batch_size: int = chz.field(default=32, doc="Sequences decoded together when sampling (native "
-                                         "sampler; vLLM schedules its own batches)")
-    sampler: SamplerName = chz.field(default="auto", doc="Who samples the rounds: vllm (a vLLM engine in this "
-                                     "process, the policy's weights loaded into it each round), native (our "
-                                     "KV-cache loop on the policy itself), auto (vllm when installed)")
-    vllm_kv_cache_gib: float = chz.field(default=1.0, doc="vLLM engine: memory for its key/value cache, "
-                                         "allocated once (GiB)")
-    vllm_compile: bool = chz.field(default=True, doc="vLLM engine: compile the model at start (about a minute "
-                                   "of CPU once, faster sampling after)")
-    sample_in_compute_precision: bool = chz.field(
-        default=True, doc="Sample under the training's autocast (bf16 with precision=bf16-mixed) instead of fp32: "
-                          "about 2x the decoding speed on a CPU with native bf16 (full fine-tuning; a LoRA run "
-                          "samples in fp32 either way)")
     eval_ifeval: bool = chz.field(default=False, doc="IFEval on the dev half of the bundled set (greedy, as "
                                   "`run_inspect_evals tasks=cookbook/ifeval ifeval_split=dev dtype=float32` scores it) at the start, "
                                   "the end and every eval_every steps, logged as test/ifeval_* (held out from training; "
@@ -191,55 +164,6 @@ def _train(config: Config, run: Run) -> Path | None:
     return run.train(policy, causal_lm, task, schedule, tokenizer, metadata,
                      start_metrics={"prompts": len(prompts), "prompts_too_long": too_long},
                      eval_tasks="cookbook/ifeval")
-
-
-def sampling_engine(config: Config, run: Run, start_name: str, longest_prompt: int):
-    """This process's vLLM engine when `sampler=` chooses vLLM, else None; says which and why."""
-    sample_dtype = run.plan.compute_dtype if config.sample_in_compute_precision else torch.float32
-    try:
-        choice = choose_sampler(config.sampler, lora=run.lora is not None, device=run.info.device, dtype=sample_dtype,
-                                world_size=run.info.world_size)
-    except ValueError as error:
-        raise UserError(str(error)) from None
-    if choice.name == "native":
-        run.console.print(f"Sampler: native ({choice.reason})")
-        return None
-    # The engine takes the architecture and tokenizer from the start model; its weights are the
-    # policy's, loaded before every round.
-    model_dir = resolve_model_path(start_name)
-    if is_adapter_checkpoint(model_dir):
-        model_dir = resolve_model_path(adapter_base_model(model_dir))
-    options = EngineOptions(model_dir, dtype=str(sample_dtype).removeprefix("torch."),
-                            max_model_len=longest_prompt + config.max_new_tokens,
-                            kv_cache_bytes=int(config.vllm_kv_cache_gib * 2**30), compile=config.vllm_compile,
-                            seed=config.seed)
-    try:
-        engine = get_engine(options)
-    except Exception as error:  # an architecture or option vLLM does not serve
-        if config.sampler == "vllm":
-            raise UserError(f"sampler=vllm: the vLLM engine did not start ({type(error).__name__}: {error})") from None
-        run.console.print(f"Sampler: native (the vLLM engine did not start: {type(error).__name__}: {error})")
-        return None
-    run.console.print(f"Sampler: vllm ({choice.reason}); {engine.describe()}")
-    return engine
-
-
-def render_prompts(config: Config, renderer, console) -> tuple[list[PromptItem], TokenListSet, int]:
-    """The usable prompts, their generation-prompt tokens, and how many did not fit max_length."""
-    source = config.prompts()
-    config.reward.check_prompts(source)  # e.g. reward=ifeval on prompts without instructions: fail now
-    # Batched tokenizer calls, cached like training data (cookbook.datasets.load).
-    all_tokens, cache_note = load_prompt_tokens([item.messages for item in source], renderer)
-    room = config.max_length - max(config.max_new_tokens, MIN_COMPLETION_TOKENS)
-    kept = [i for i, length in enumerate(all_tokens.lengths().tolist()) if length <= room]
-    too_long = len(source) - len(kept)
-    console.print(f"Prompts: {source.describe()}" + (f"; {too_long:,} left out, longer than max_length="
-                  f"{config.max_length} - max_new_tokens={config.max_new_tokens}" if too_long else "")
-                  + f"; {cache_note}")
-    if not kept:
-        raise UserError(f"none of the prompts fits max_length={config.max_length} with max_new_tokens="
-                        f"{config.max_new_tokens} ({too_long} prompts too long)")
-    return [source[i] for i in kept], all_tokens.subset(kept), too_long
 
 
 def _reference_for_round(config: Config, run: Run, policy, start_name: str):

@@ -31,11 +31,13 @@ import chz
 from torch import nn
 
 from cookbook.errors import InvalidOptionError
-from cookbook.on_policy.ifeval_synthetic import IFEvalSyntheticPrompts
-from cookbook.on_policy.prompts import PROMPT_SOURCES, PromptSource
-from cookbook.on_policy.rewards import REWARDS, IFEvalReward, Reward
-from cookbook.on_policy.rounds import RoundSampling, split_pair_id
-from cookbook.on_policy.train_on_policy import render_prompts, sampling_engine
+from cookbook.on_policy.rounds import (
+    RoundSampling,
+    SampledRoundsConfig,
+    render_prompts,
+    sampling_engine,
+    split_pair_id,
+)
 from cookbook.rl.groups import GroupSchedule, GroupSettings, GroupStore
 from cookbook.rl.losses import (
     ADVANTAGE_KINDS,
@@ -47,9 +49,7 @@ from cookbook.rl.losses import (
     k3_kl,
 )
 from cookbook.sampling import SamplingSettings, padding_token_id
-from cookbook.sampling.vllm_engine import SamplerName
 from cookbook.training import distributed as dist_utils
-from cookbook.training.config import TrainingConfig
 from cookbook.training.logprobs import SequenceLogprobModel
 from cookbook.training.loop import MicroBatchOutput, Run, run_recipe
 from cookbook.training.schedule import LRSchedule
@@ -62,19 +62,9 @@ def _every_batch(config: Config, value: int | None) -> int:
 
 
 @chz.chz
-class Config(TrainingConfig):
+class Config(SampledRoundsConfig):
     log_path: str = chz.field(default="runs/rl", doc="Directory for config.json, metrics.jsonl, "
                               "rounds/<n>/samples.jsonl, checkpoints")
-    prompts: PromptSource = chz.field(
-        default_factory=IFEvalSyntheticPrompts, meta_factory=PROMPT_SOURCES.meta_factory(),
-        doc="Prompts to sample on: ifeval_synthetic, file (a JSONL, or give the path), prompts:<preference data "
-            "set> (e.g. prompts:hhh) or module:Class",
-    )
-    reward: Reward = chz.field(
-        default_factory=IFEvalReward, meta_factory=REWARDS.meta_factory(),
-        doc="Scores each reply: ifeval (fraction of the prompt's instructions followed), reward_model "
-            "(reward.model_name=...), module:Class or module:function",
-    )
     rounds: int = chz.field(default=8, doc="Batches of sample -> score -> train")
     batch_size: int = chz.field(default=64, doc="Replies sampled per batch (round), over all ranks: batch_size / "
                                 "group_size prompts, the next ones each round (wrapping around the prompt list)")
@@ -95,18 +85,6 @@ class Config(TrainingConfig):
     max_empty_rounds: int = chz.field(default=4, doc="Stop after this many rounds in which every group's replies "
                                       "scored the same (each is replaced by the next prompts)")
     temperature: float = chz.field(default=1.0, doc="Sampling temperature (> 0)")
-    top_p: float = chz.field(default=1.0, doc="Nucleus sampling: keep the smallest set of tokens with this mass")
-    max_new_tokens: int = chz.field(default=256, doc="Most tokens per sampled reply")
-    sampling_batch_size: int = chz.field(default=32, doc="Sequences decoded together when sampling (native "
-                                         "sampler; vLLM schedules its own batches)")
-    sampler: SamplerName = chz.field(default="auto", doc="Who samples the rounds: vllm (a vLLM engine in this "
-                                     "process, the policy's weights loaded into it each round), native (our "
-                                     "KV-cache loop on the policy itself), auto (vllm when installed)")
-    vllm_kv_cache_gib: float = chz.field(default=1.0, doc="vLLM engine: memory for its key/value cache (GiB)")
-    vllm_compile: bool = chz.field(default=True, doc="vLLM engine: compile the model at start")
-    sample_in_compute_precision: bool = chz.field(
-        default=True, doc="Sample under the training's autocast (bf16 with precision=bf16-mixed) instead of fp32 "
-                          "(full fine-tuning; a LoRA run samples in fp32 either way)")
     eval_every: int = chz.field(default=0, doc="The recipe has no held-out eval yet (evaluate final/ with "
                                 "run_inspect_evals); any value logs nothing")
     save_every: int = chz.field(default=None, munger=_every_batch, x_type=int | None,
