@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -97,6 +98,18 @@ class SampledRoundsConfig(TrainingConfig):
         default=True, doc="Sample under the training's autocast (bf16 with precision=bf16-mixed) instead of fp32: "
                           "about 2x the decoding speed on a CPU with native bf16 (full fine-tuning; a LoRA run "
                           "samples in fp32 either way)")
+
+    @chz.validate
+    def _check_sampling_values(self) -> None:
+        for name in ("max_new_tokens", "sampling_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not (math.isfinite(self.vllm_kv_cache_gib) and self.vllm_kv_cache_gib > 0):
+            raise ValueError(f"vllm_kv_cache_gib must be a finite number > 0, got {self.vllm_kv_cache_gib}")
 
 
 def render_prompts(config: SampledRoundsConfig, renderer, console) -> tuple[list[PromptItem], TokenListSet, int]:

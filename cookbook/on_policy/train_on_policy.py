@@ -93,20 +93,13 @@ class Config(PreferenceConfig, SampledRoundsConfig):
 
     @chz.validate
     def _check_on_policy_values(self) -> None:
-        for name in ("rounds", "prompts_per_round", "steps_per_round", "max_new_tokens", "sampling_batch_size",
-                     "eval_max_new_tokens"):
+        for name in ("rounds", "prompts_per_round", "steps_per_round", "eval_max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.samples_per_prompt < 2:
             raise ValueError(f"samples_per_prompt must be >= 2 (a pair needs two replies), got {self.samples_per_prompt}")
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not (math.isfinite(self.min_reward_gap) and self.min_reward_gap >= 0):
             raise ValueError(f"min_reward_gap must be a finite number >= 0, got {self.min_reward_gap}")
-        if not (math.isfinite(self.vllm_kv_cache_gib) and self.vllm_kv_cache_gib > 0):
-            raise ValueError(f"vllm_kv_cache_gib must be a finite number > 0, got {self.vllm_kv_cache_gib}")
         if self.reference not in REFERENCE_CHOICES:
             raise ValueError(f"reference={self.reference!r} is not one of {', '.join(REFERENCE_CHOICES)}")
         if self.num_epochs != 1:

@@ -93,7 +93,7 @@ class Config(SampledRoundsConfig):
 
     @chz.validate
     def _check_rl_values(self) -> None:
-        for name in ("rounds", "updates_per_batch", "max_new_tokens", "sampling_batch_size", "max_empty_rounds"):
+        for name in ("rounds", "updates_per_batch", "max_empty_rounds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.group_size < 2:
@@ -110,10 +110,6 @@ class Config(SampledRoundsConfig):
         for name in ("clip_high", "kl_coef"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.num_epochs != 1:
             raise ValueError("num_epochs does not apply to RL: each batch of samples is trained on "
                              "updates_per_batch times (set updates_per_batch)")
