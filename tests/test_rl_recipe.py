@@ -173,7 +173,7 @@ DRIVER = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from cookbook.on_policy import rounds
     from cookbook.cli import run_cli
-    from cookbook.rl import groups, train_rl
+    from cookbook.rl import train_rl
 
     where, count = os.environ["KILL_AT"].split(":")
     calls = {{"n": 0}}
@@ -187,7 +187,7 @@ DRIVER = textwrap.dedent("""
         return wrapper
 
     if where == "sampling":  # the second round's sampling, after round 0 trained and saved
-        groups.collect_round = killing(groups.collect_round)
+        rounds.collect_round = killing(rounds.collect_round)
     else:  # a forward of round 0's second update: the resume starts mid-batch, from step 1
         train_rl.RLTask.forward = killing(train_rl.RLTask.forward)
     sys.exit(run_cli(train_rl.main, sys.argv[1:]))

@@ -384,6 +384,34 @@ def collect_round(causal_lm, prompts: list[PromptItem], prompt_tokens: list[list
     return [record for _, record in ordered], stats
 
 
+def round_prompt_indices(round_index: int, prompts_per_round: int, num_prompts: int) -> list[int]:
+    """Indices of a round's prompts: the next prompts_per_round, wrapping around the list."""
+    count = min(prompts_per_round, num_prompts)
+    return [(round_index * count + i) % num_prompts for i in range(count)]
+
+
+def sample_round(store, round_index: int, lockstep: Callable[[bool], bool] | None = None):
+    """The replies of round `round_index`'s prompts from the policy as it is now, for a store of
+    sampled rounds (on-policy's RoundStore, RL's GroupStore): (records, stats, the round's sampling
+    metrics). The store's engine, when it has one, gets the policy's weights first."""
+    indices = store.round_prompts(round_index)
+    store.run.console.print(f"Round {round_index}: sampling {store.sampling.samples_per_prompt} replies to each "
+                            f"of {len(indices)} prompts")
+    sync_seconds = 0.0
+    if store.engine is not None:
+        # Every round, the first included: a resumed run's policy is not the engine's start model.
+        sync_seconds = store.engine.load_weights(engine_weights(store.causal_lm))
+    with contextlib.nullcontext() if store.engine is not None else store.sampling_scope():
+        records, stats = collect_round(
+            store.causal_lm, [store.prompts[i] for i in indices], [store.prompt_tokens[i] for i in indices],
+            store.renderer, store.scorer, store.sampling, round_index, store.run.info,
+            compute_context=store.sampling_context, lockstep=lockstep, engine=store.engine)
+    metrics = {"samples/tokens_per_second": stats.generated_tokens / max(stats.seconds, 1e-9),
+               "samples/seconds": stats.seconds,
+               **({"samples/weight_sync_seconds": sync_seconds} if store.engine is not None else {})}
+    return records, stats, metrics
+
+
 class NoUsablePairsError(UserError):
     """Every prompt of a round tied (or fell under min_reward_gap): there is nothing to train on."""
 
@@ -432,10 +460,7 @@ class RoundStore:
     # -- making a round ----------------------------------------------------------------------------
 
     def round_prompts(self, round_index: int) -> list[int]:
-        """Indices of the round's prompts: the next prompts_per_round, wrapping around the list."""
-        count = min(self.prompts_per_round, len(self.prompts))
-        start = round_index * count
-        return [(start + i) % len(self.prompts) for i in range(count)]
+        return round_prompt_indices(round_index, self.prompts_per_round, len(self.prompts))
 
     def _load_or_make(self, round_index: int, step: int | None) -> RoundData:
         run = self.run
@@ -459,27 +484,13 @@ class RoundStore:
         return self._make(round_index)
 
     def _make(self, round_index: int) -> RoundData:
-        run, sampling = self.run, self.sampling
-        indices = self.round_prompts(round_index)
-        run.console.print(f"Round {round_index}: sampling {sampling.samples_per_prompt} replies to each of "
-                          f"{len(indices)} prompts")
-        sync_seconds = 0.0
-        if self.engine is not None:
-            # Every round, the first included: a resumed run's policy is not the engine's start model.
-            sync_seconds = self.engine.load_weights(engine_weights(self.causal_lm))
-        with contextlib.nullcontext() if self.engine is not None else self.sampling_scope():
-            records, stats = collect_round(
-                self.causal_lm, [self.prompts[i] for i in indices], [self.prompt_tokens[i] for i in indices],
-                self.renderer, self.scorer, sampling, round_index, run.info,
-                compute_context=self.sampling_context, lockstep=self.lockstep, engine=self.engine)
+        run = self.run
+        records, stats, sampling_metrics = sample_round(self, round_index, lockstep=self.lockstep)
         data = RoundData(round_index, records, config=run.config_dict())
         started = time.perf_counter()
         if data.paired and self.reference is not None:
             self._fill_reference(data)
-        data.summary = {"round": round_index, **round_metrics(records),
-                        "samples/tokens_per_second": stats.generated_tokens / max(stats.seconds, 1e-9),
-                        "samples/seconds": stats.seconds,
-                        **({"samples/weight_sync_seconds": sync_seconds} if self.engine is not None else {}),
+        data.summary = {"round": round_index, **round_metrics(records), **sampling_metrics,
                         "samples/reference_seconds": time.perf_counter() - started}
         if run.info.is_main:
             write_round(run.log_path, data)

@@ -37,10 +37,11 @@ from cookbook.on_policy.rounds import (
     Reply,
     RoundData,
     RoundSampling,
-    collect_round,
     read_round,
     round_dir,
+    round_prompt_indices,
     same_meaning,
+    sample_round,
     write_round,
 )
 from cookbook.rl.losses import AdvantageKind, group_advantages, zero_variance_groups
@@ -48,7 +49,6 @@ from cookbook.training import checkpoint as ckpt
 from cookbook.training import distributed as dist_utils
 from cookbook.training.logprobs import LossTokens, pad_batch, padded_loss_tokens
 from cookbook.training.schedule import rank_micro_batches
-from cookbook.training.weight_sync import engine_weights
 
 __all__ = ["GroupRecord", "GroupSchedule", "GroupStore", "NoLearningSignalError", "ReplyBatch"]
 
@@ -243,9 +243,7 @@ class GroupStore:
         return data
 
     def round_prompts(self, round_index: int) -> list[int]:
-        """Indices of the round's prompts: the next prompts_per_round, wrapping around the list."""
-        count = min(self.settings.prompts_per_round, len(self.prompts))
-        return [(round_index * count + i) % len(self.prompts) for i in range(count)]
+        return round_prompt_indices(round_index, self.settings.prompts_per_round, len(self.prompts))
 
     def _load_or_make(self, index: int, may_sample: bool, step: int | None) -> RoundData:
         run = self.run
@@ -268,18 +266,8 @@ class GroupStore:
     # -- making a round ---------------------------------------------------------------------------
 
     def _make(self, index: int) -> RoundData:
-        run, sampling = self.run, self.sampling
-        indices = self.round_prompts(index)
-        run.console.print(f"Round {index}: sampling {sampling.samples_per_prompt} replies to each of "
-                          f"{len(indices)} prompts")
-        sync_seconds = 0.0
-        if self.engine is not None:
-            sync_seconds = self.engine.load_weights(engine_weights(self.causal_lm))
-        with contextlib.nullcontext() if self.engine is not None else self.sampling_scope():
-            sampled, stats = collect_round(
-                self.causal_lm, [self.prompts[i] for i in indices], [self.prompt_tokens[i] for i in indices],
-                self.renderer, self.scorer, sampling, index, run.info, compute_context=self.sampling_context,
-                engine=self.engine)
+        run = self.run
+        sampled, stats, sampling_metrics = sample_round(self, index)
         data = RoundData(index, group_records(sampled, self.settings.advantage), config=run.config_dict())
         started = time.perf_counter()
         replies = kept_replies(data.records)
@@ -292,10 +280,7 @@ class GroupStore:
             if reference is not None:
                 self._fill_logps(data, replies, "reference_logps", *reference)
         data.summary = {"round": index, **round_metrics(data.records), **sampler_mismatch(data.records),
-                        "samples/tokens_per_second": stats.generated_tokens / max(stats.seconds, 1e-9),
-                        "samples/seconds": stats.seconds,
-                        **({"samples/weight_sync_seconds": sync_seconds} if self.engine is not None else {}),
-                        "samples/logprob_seconds": time.perf_counter() - started}
+                        **sampling_metrics, "samples/logprob_seconds": time.perf_counter() - started}
         if run.info.is_main:
             write_round(run.log_path, data)
         dist_utils.barrier(run.info)
