@@ -1,0 +1,138 @@
+"""Choose the on-policy recipe's defaults on the dev half of the bundled IFEval prompts, and report
+the chosen one on the test half: one invocation, one record.
+
+    .venv/bin/python benchmarks/tune_on_policy.py                     # the variants below, then the best on test
+    .venv/bin/python benchmarks/tune_on_policy.py --variant lr1e-5=learning_rate=1e-5 --variant default=
+
+Each variant is the on-policy quickstart (`python -m cookbook.recipes.preference.on_policy`, its
+defaults plus the variant's options) run in its own process at `--threads` torch threads, its CPU
+seconds and peak RSS its own (`os.wait4`, via `quickstarts.run_one`). Its final checkpoint is then
+scored beside the starting model by `run_inspect_evals compare_model_path=... ifeval_split=dev`
+(greedy; the paired-bootstrap 95% interval of the gain in prompt-level strict accuracy). The variant
+with the highest dev gain is evaluated once more, on the test half, which no choice saw; that is
+the figure to quote. Ties on dev keep the earlier variant (the defaults come first).
+
+The record goes to benchmarks/results/tune_on_policy.json (`--json-out`); a run or eval that fails
+fails the invocation (exit 1, after writing what it has).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quickstarts import run_one  # noqa: E402
+from run_record import REPO, RESULTS_DIR, finish_record, start_record  # noqa: E402
+
+PYTHON = sys.executable
+HEADLINE = "prompt_level_strict"
+# name -> options beyond the recipe's defaults; the defaults come first so that a tie keeps them.
+VARIANTS = {
+    "default": [],
+    "lr1e-5": ["learning_rate=1e-5"],
+    "reference_initial": ["reference=initial"],
+}
+
+
+def evaluate(out: Path, label: str, model: str, split: str, threads: int, max_tokens: int) -> dict:
+    """`model` beside the starting model on one half of the bundled IFEval prompts."""
+    log_dir = out / f"eval-{label}-{split}"
+    command = [PYTHON, "-m", "cookbook.eval.run_inspect_evals", f"model_path={model}",
+               "compare_model_path=smollm2-135m-instruct", "tasks=cookbook/ifeval", "ifeval_source=bundled",
+               f"ifeval_split={split}", f"max_tokens={max_tokens}", "batch_size=32", f"num_threads={threads}",
+               f"log_dir={log_dir}", "display=plain"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env)
+    summary = log_dir / "summary.json"
+    row = {"command": "python " + " ".join(command[1:]), "split": split}
+    if done.returncode != 0 or not summary.exists():
+        return {**row, "failed": (done.stderr or done.stdout)[-2000:]}
+    written = json.loads(summary.read_text())
+    paired = next(c for c in written["comparison"] if c["metric"] == HEADLINE)
+    return {**row, "comparison": written["comparison"], "gain": paired["difference"],
+            "ci_low": paired["ci_low"], "ci_high": paired["ci_high"], "samples": paired["samples"],
+            "trained": paired["trained"], "start": paired["base"]}
+
+
+def parse_variants(specs: list[str]) -> dict[str, list[str]]:
+    """`name=opt,opt` (or `name=` for the defaults) -> {name: [opt, ...]}."""
+    variants = {}
+    for spec in specs:
+        name, _, options = spec.partition("=")
+        if not name:
+            raise SystemExit(f"--variant {spec!r}: give NAME=OPTION,OPTION (NAME= for the defaults)")
+        variants[name] = [option for option in options.split(",") if option]
+    return variants
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| variant | options | CPU-s (training) | dev gain, prompt strict [95% interval] |",
+             "|---|---|---:|---|"]
+    for row in rows:
+        dev = row.get("dev", {})
+        gain = (f"{dev['gain']:+.3f} [{dev['ci_low']:+.3f}, {dev['ci_high']:+.3f}]" if "gain" in dev
+                else "failed")
+        lines.append(f"| {row['variant']} | {' '.join(row['options']) or '(defaults)'} | {row['cpu_s']:,.0f} | {gain} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=OPTIONS",
+                        help="a variant to try (repeatable; replaces the built-in list)")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "tune-on-policy")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=7200, help="seconds per training run")
+    parser.add_argument("--eval-max-tokens", type=int, default=512)
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="one more option for every variant (e.g. max_steps=1 for a smoke run)")
+    parser.add_argument("--json-out", type=Path, default=RESULTS_DIR / "tune_on_policy.json")
+    args = parser.parse_args(argv)
+    variants = parse_variants(args.variant) if args.variant else VARIANTS
+    record = {**start_record(__file__, sys.argv[1:] if argv is None else argv), "threads": args.threads,
+              "variants": variants, "rows": []}
+    failed = []
+    for name, options in variants.items():
+        out = args.out / name
+        out.mkdir(parents=True, exist_ok=True)
+        row = {"variant": name, "options": options,
+               **run_one("on_policy", out, args.threads, args.timeout, [*options, *args.option])}
+        if row["returncode"] == 0 and row["final"]:
+            row["dev"] = evaluate(out, name, row["final"], "dev", args.threads, args.eval_max_tokens)
+        if row["returncode"] != 0 or "gain" not in row.get("dev", {}):
+            failed.append(name)
+        record["rows"].append(row)
+        dev = row.get("dev", {})
+        print(f"{name}: exit {row['returncode']}, {row['cpu_s']:.0f} CPU-s, dev gain "
+              f"{dev.get('gain', float('nan')):+.4f} [{dev.get('ci_low', float('nan')):+.4f}, "
+              f"{dev.get('ci_high', float('nan')):+.4f}]", flush=True)
+    scored = [row for row in record["rows"] if "gain" in row.get("dev", {})]
+    if scored:
+        best = max(scored, key=lambda row: row["dev"]["gain"])  # max keeps the first of equal gains
+        record["chosen"] = best["variant"]
+        best["test"] = evaluate(args.out / best["variant"], best["variant"], best["final"], "test",
+                                args.threads, args.eval_max_tokens)
+        if "gain" not in best["test"]:
+            failed.append(f"{best['variant']} (test eval)")
+        else:
+            test = best["test"]
+            record["chosen_on_test"] = (f"{best['variant']}: prompt-level strict {test['gain']:+.3f} "
+                                        f"[{test['ci_low']:+.3f}, {test['ci_high']:+.3f}] on {test['samples']} test prompts")
+    record["table"] = format_table(record["rows"])
+    print(record["table"])
+    if "chosen_on_test" in record:
+        print(f"chosen on dev, scored on test: {record['chosen_on_test']}")
+    print(f"record: {finish_record(record, args.json_out)}")
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
