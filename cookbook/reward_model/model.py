@@ -1,0 +1,57 @@
+"""`SequenceScoreModel`: a Hugging Face `...ForSequenceClassification` (one label) run on the batch
+layouts of `batching.py`, returning one score per sequence.
+
+transformers' own forward applies the head to every position and pools one of them per row, which
+cannot serve packed or prefix-shared rows (several sequences in a row). Here the decoder runs once
+over the rows, the hidden states of the scored slots are gathered, and only they go through the
+head, in float32 (the decoder runs in the precision's autocast context). The classifier's weights
+are the module's own (`classifier.model.*`, `classifier.score.weight`), so the loop's checkpoint
+writer saves them in the layout `AutoModelForSequenceClassification.from_pretrained` loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cookbook.training.attention import AttentionSpans, use_span_attention
+
+SAVE_PREFIX = "classifier."  # state-dict keys of the wrapper: the classifier's, under this prefix
+
+
+def score_head(classifier: nn.Module) -> nn.Linear:
+    """The classifier's output layer (`score`, transformers' name for it in decoder models)."""
+    head = getattr(classifier, "score", None)
+    if not isinstance(head, nn.Linear) or head.out_features != 1:
+        raise ValueError(f"{type(classifier).__name__} has no one-output `score` layer to train as a reward head")
+    return head
+
+
+class SequenceScoreModel(nn.Module):
+    """forward(batch rows, scored slots) -> a float32 score per scored slot [S]."""
+
+    def __init__(self, classifier: nn.Module,
+                 compute_context: Callable[[], contextlib.AbstractContextManager] | None = None):
+        super().__init__()
+        score_head(classifier)
+        self.classifier = classifier
+        self.compute_context = compute_context or contextlib.nullcontext
+
+    def forward(self, input_ids: Tensor, score_slots: Tensor, attention_mask=None,
+                position_ids: Tensor | None = None) -> Tensor:
+        decoder_kwargs = {}
+        if isinstance(attention_mask, AttentionSpans):
+            use_span_attention(self.classifier)
+            decoder_kwargs, attention_mask = {"attention_spans": attention_mask}, None
+        with self.compute_context():
+            hidden = self.classifier.get_decoder()(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                **decoder_kwargs,
+            ).last_hidden_state
+        selected = hidden.reshape(-1, hidden.shape[-1])[score_slots].float()
+        head = score_head(self.classifier)
+        bias = head.bias.float() if head.bias is not None else None
+        return F.linear(selected, head.weight.float(), bias).squeeze(-1)

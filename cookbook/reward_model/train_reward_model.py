@@ -1,0 +1,129 @@
+"""Reward-model training on the shared loop (`cookbook/training/loop.py`): a scalar head on a causal
+LM, trained on preference pairs to score the chosen reply above the rejected one.
+
+`Config` is what the recipe's command line fills in; `main(config)` runs it:
+
+    load pairs through the renderer (the preference recipes' `dataset=`) -> the causal LM as an
+    `AutoModelForSequenceClassification` with one label (a new head on its decoder, or a reward
+    model's own) -> for each step: micro-batches of pairs laid out as for DPO (prefix-shared,
+    packed or padded) -> a score per sequence, at its last non-pad token -> Bradley-Terry loss
+    -> AdamW step -> metrics, held-out pairwise accuracy, atomic HF checkpoints.
+
+Why it is built this way:
+
+1. The checkpoint is a plain sequence classifier (`architectures` [...ForSequenceClassification],
+   `num_labels` 1, `pad_token_id`, the head as `score.weight`), so `transformers` loads it as it is
+   and the on-policy recipe scores with it through `reward=reward_model reward.model_name=<final>`.
+2. The score is read where transformers reads it (the rightmost token that is not the pad token),
+   so a loaded checkpoint gives the scores training saw (tested).
+3. The loss is a pure tensor function (`losses.py`): -log sigma(r_c - r_r) plus a small centering
+   term center_coef * (r_c + r_r)^2 (default 0.01) that keeps scores near 0 for the policy that
+   will read them. Only what is reward modelling's own lives here; precision, accumulation, resume,
+   checkpoints and DDP/FSDP2 are the loop's.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+
+import chz
+from torch import nn
+
+from cookbook.datasets.load import load_preference_data
+from cookbook.datasets.preference import PREFERENCE_DATASETS, DemoBuilder, DPODatasetBuilder
+from cookbook.preference.batching import Layout
+from cookbook.reward_model.batching import make_score_collate
+from cookbook.reward_model.model import SAVE_PREFIX, SequenceScoreModel
+from cookbook.reward_model.step import evaluate_scores, score_micro_batch, score_step_metrics
+from cookbook.training.config import TrainingConfig
+from cookbook.training.display import print_pair
+from cookbook.training.loop import MicroBatchOutput, Run, run_recipe
+
+__all__ = ["Config", "RewardModelTask", "main"]
+
+
+@chz.chz
+class Config(TrainingConfig):
+    log_path: str = chz.field(default="runs/reward_model", doc="Directory for config.json, metrics.jsonl, checkpoints")
+    dataset: DPODatasetBuilder = chz.field(
+        default_factory=DemoBuilder,
+        meta_factory=PREFERENCE_DATASETS.meta_factory(),
+        doc="Preference pairs: a registered name (demo, hhh, helpsteer3, ultrafeedback, file), a "
+            ".jsonl/.json/.parquet path, or module:Class",
+    )
+    layout: Layout = chz.field(
+        default="auto", doc="Batch layout: auto, padded, packed (no padding) or prefix_shared (prompt run once)"
+    )
+    center_coef: float = chz.field(
+        default=0.01, doc="Weight of the centering term center_coef * (r_chosen + r_rejected)^2 (0: pure Bradley-Terry)"
+    )
+    learning_rate: float = chz.field(default=2e-5, doc="Peak AdamW learning rate")
+    eval_every: int = chz.field(
+        default=5, doc="Held-out eval (test/accuracy, test/loss) every N steps (0: only at start and end)"
+    )
+
+    @chz.validate
+    def _check_reward_model_values(self) -> None:
+        if not (math.isfinite(self.center_coef) and self.center_coef >= 0):
+            raise ValueError(f"center_coef must be a finite number >= 0, got {self.center_coef}")
+        if self.lora_rank:
+            raise ValueError("lora_rank > 0 is not supported by the reward-model recipe yet (its head must "
+                             "train and be saved with the adapters); train every weight (lora_rank=0)")
+
+
+def main(config: Config) -> Path | None:
+    """Train; returns the final checkpoint directory (None on ranks other than 0)."""
+    return run_recipe(config, lambda run: _train(config, run))
+
+
+def _train(config: Config, run: Run) -> Path | None:
+    info, console = run.info, run.console
+    start_name = config.load_checkpoint_path or config.model_name
+    tokenizer, renderer = run.tokenizer_and_renderer(start_name)
+    data = load_preference_data(config.dataset, renderer, config.max_length, console=console)
+    if config.show_example and info.is_main:
+        print_pair(console, tokenizer, data.train[0])
+    schedule = run.schedule(len(data.train))
+    classifier = run.load_model(run.model_source(start_name), packed_rows=config.layout != "padded", num_labels=1)
+    # The head skips this token when it pools (batching.py), and a reader pads with the tokenizer's.
+    classifier.config.pad_token_id = tokenizer.pad_token_id
+    layout = make_score_collate(config.layout, tokenizer.pad_token_id, classifier)
+    console.print(f"Batch layout: {layout.name}")
+    model = run.wrap(SequenceScoreModel(classifier, compute_context=run.plan.autocast), classifier)
+    task = RewardModelTask(config, run, layout.collate, data)
+    metadata = {"renderer_name": run.renderer_name, "base_model_name": start_name}
+    return run.train(model, classifier, task, schedule, tokenizer, metadata, start_metrics=data.summary.as_metrics(),
+                     save_prefix=SAVE_PREFIX, next_command=on_policy_command)
+
+
+def on_policy_command(final_path: Path) -> str:
+    """What to run next: on-policy preference training that scores its samples with this model."""
+    return shlex.join(["python", "-m", "cookbook.recipes.preference.on_policy", "log_path=runs/on_policy_rm",
+                       "prompts=prompts:demo", "reward=reward_model", f"reward.model_name={final_path}"])
+
+
+class RewardModelTask:
+    """Pairs -> Bradley-Terry loss, for the shared loop: a step's loss is its pairs' summed loss divided
+    by `batch_size` (every pair weighs the same, whatever its length)."""
+
+    def __init__(self, config: Config, run: Run, collate, data):
+        self.config, self.run, self.collate, self.data = config, run, collate, data
+
+    def loss_denominator(self, global_ids: Sequence[int]) -> float:
+        return float(len(global_ids))
+
+    def forward(self, model: nn.Module, ids: list[int]) -> MicroBatchOutput:
+        batch = self.collate([self.data.train[i] for i in ids], ids).to(self.run.info.device)
+        return score_micro_batch(model, batch, self.config.center_coef)
+
+    def step_metrics(self, sums: dict[str, float], denominator: float) -> dict[str, float]:
+        return score_step_metrics(sums)
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        if not self.data.test:
+            return {}
+        return evaluate_scores(model, self.data.test, self.collate, self.config.micro_batch_size,
+                               self.config.center_coef, self.run.info)
