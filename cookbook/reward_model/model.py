@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -28,6 +29,22 @@ def score_head(classifier: nn.Module) -> nn.Linear:
     if not isinstance(head, nn.Linear) or head.out_features != 1:
         raise ValueError(f"{type(classifier).__name__} has no one-output `score` layer to train as a reward head")
     return head
+
+
+def is_sequence_classifier(config) -> bool:
+    """Whether a checkpoint's config names a `...ForSequenceClassification` (a reward model's own head)."""
+    return any(name.endswith("ForSequenceClassification") for name in (getattr(config, "architectures", None) or []))
+
+
+@torch.no_grad()
+def zero_new_head(classifier: nn.Module) -> bool:
+    """Set the head to zero when transformers made it new (the checkpoint was a causal LM); True then.
+    Every score is 0 at step 0, so the loss starts at exactly ln 2 and the scores centred, and the
+    first steps move the head rather than push the decoder through a random direction."""
+    if is_sequence_classifier(classifier.config):  # read from the checkpoint; save_pretrained rewrites it
+        return False
+    score_head(classifier).weight.zero_()
+    return True
 
 
 class SequenceScoreModel(nn.Module):

@@ -14,9 +14,11 @@ Why it is built this way:
 1. The checkpoint is a plain sequence classifier (`architectures` [...ForSequenceClassification],
    `num_labels` 1, `pad_token_id`, the head as `score.weight`), so `transformers` loads it as it is
    and the on-policy recipe scores with it through `reward=reward_model reward.model_name=<final>`.
-2. The score is read where transformers reads it (the rightmost token that is not the pad token),
+2. A new head starts at zero, so at step 0 every score is 0 and the loss is ln 2 (tested); the score
+   is read where transformers reads it (the rightmost token that is not the pad token),
    so a loaded checkpoint gives the scores training saw (tested).
-3. The loss is a pure tensor function (`losses.py`): -log sigma(r_c - r_r) plus a small centering
+3. The loss is a pure tensor function (`losses.py`): -log sigma(r_c - r_r - m) (m: the pair's
+   `margin` from the data with `use_margin=true`, else 0) plus a small centering
    term center_coef * (r_c + r_r)^2 (default 0.01) that keeps scores near 0 for the policy that
    will read them. Only what is reward modelling's own lives here; precision, accumulation, resume,
    checkpoints and DDP/FSDP2 are the loop's.
@@ -30,13 +32,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import chz
+import torch
 from torch import nn
 
 from cookbook.datasets.load import load_preference_data
 from cookbook.datasets.preference import PREFERENCE_DATASETS, DemoBuilder, DPODatasetBuilder
 from cookbook.preference.batching import Layout
 from cookbook.reward_model.batching import make_score_collate
-from cookbook.reward_model.model import SAVE_PREFIX, SequenceScoreModel
+from cookbook.reward_model.model import SAVE_PREFIX, SequenceScoreModel, zero_new_head
 from cookbook.reward_model.step import evaluate_scores, score_micro_batch, score_step_metrics
 from cookbook.training.config import TrainingConfig
 from cookbook.training.display import print_pair
@@ -59,6 +62,11 @@ class Config(TrainingConfig):
     )
     center_coef: float = chz.field(
         default=0.01, doc="Weight of the centering term center_coef * (r_chosen + r_rejected)^2 (0: pure Bradley-Terry)"
+    )
+    use_margin: bool = chz.field(
+        default=False,
+        doc="Subtract each pair's `margin` (a numeric field of the data rows) inside the loss: the chosen "
+            "score must beat the rejected one by at least that much; pairs without one use 0",
     )
     learning_rate: float = chz.field(default=2e-5, doc="Peak AdamW learning rate")
     eval_every: int = chz.field(
@@ -90,6 +98,8 @@ def _train(config: Config, run: Run) -> Path | None:
     classifier = run.load_model(run.model_source(start_name), packed_rows=config.layout != "padded", num_labels=1)
     # The head skips this token when it pools (batching.py), and a reader pads with the tokenizer's.
     classifier.config.pad_token_id = tokenizer.pad_token_id
+    if zero_new_head(classifier):
+        console.print("Reward head: new, started at zero (every score 0 at step 0)")
     layout = make_score_collate(config.layout, tokenizer.pad_token_id, classifier)
     console.print(f"Batch layout: {layout.name}")
     model = run.wrap(SequenceScoreModel(classifier, compute_context=run.plan.autocast), classifier)
@@ -116,8 +126,9 @@ class RewardModelTask:
         return float(len(global_ids))
 
     def forward(self, model: nn.Module, ids: list[int]) -> MicroBatchOutput:
-        batch = self.collate([self.data.train[i] for i in ids], ids).to(self.run.info.device)
-        return score_micro_batch(model, batch, self.config.center_coef)
+        pairs = [self.data.train[i] for i in ids]
+        batch = self.collate(pairs, ids).to(self.run.info.device)
+        return score_micro_batch(model, batch, self.config.center_coef, self._margins(pairs))
 
     def step_metrics(self, sums: dict[str, float], denominator: float) -> dict[str, float]:
         return score_step_metrics(sums)
@@ -126,4 +137,11 @@ class RewardModelTask:
         if not self.data.test:
             return {}
         return evaluate_scores(model, self.data.test, self.collate, self.config.micro_batch_size,
-                               self.config.center_coef, self.run.info)
+                               self.config.center_coef, self.run.info,
+                               margins=lambda ids: self._margins([self.data.test[i] for i in ids]))
+
+    def _margins(self, pairs: Sequence) -> torch.Tensor | None:
+        if not self.config.use_margin:
+            return None
+        values = [pair.margin if pair.margin is not None else 0.0 for pair in pairs]
+        return torch.tensor(values, dtype=torch.float32, device=self.run.info.device)
