@@ -204,3 +204,15 @@ def test_help_lists_fields_with_docs():
 def test_bad_options_are_refused(tmp_path, argument, message):
     with pytest.raises(ValueError, match=message):
         cli([f"log_path={tmp_path / 'x'}", argument])
+
+
+def test_every_layout_trains_the_same(tmp_path, tiny_model_dir):
+    """Prefix-shared, packed and padded rows give the same scores, so the same run (fp32)."""
+    common = ("max_steps=3", "eval_every=0", "learning_rate=1e-3", "precision=fp32")
+    runs = {layout: train_records(run(tmp_path, tiny_model_dir, *common, f"layout={layout}", name=layout))
+            for layout in ("prefix_shared", "packed", "padded")}
+    for layout in ("packed", "padded"):
+        for a, b in zip(runs["prefix_shared"], runs[layout]):
+            for key in ("loss", "margin", "accuracy"):
+                assert a[key] == pytest.approx(b[key], abs=1e-5), (layout, a["step"], key)
+    assert runs["prefix_shared"][0]["slot_fill"] > 1.0 > runs["padded"][0]["slot_fill"]
