@@ -37,6 +37,7 @@ from torch import nn
 
 from cookbook.datasets.load import load_preference_data
 from cookbook.datasets.preference import PREFERENCE_DATASETS, DemoBuilder, DPODatasetBuilder
+from cookbook.models import DEFAULT_MODEL
 from cookbook.preference.batching import Layout
 from cookbook.reward_model.batching import make_score_collate
 from cookbook.reward_model.model import SAVE_PREFIX, SequenceScoreModel, zero_new_head
@@ -106,13 +107,15 @@ def _train(config: Config, run: Run) -> Path | None:
     task = RewardModelTask(config, run, layout.collate, data)
     metadata = {"renderer_name": run.renderer_name, "base_model_name": start_name}
     return run.train(model, classifier, task, schedule, tokenizer, metadata, start_metrics=data.summary.as_metrics(),
-                     save_prefix=SAVE_PREFIX, next_command=on_policy_command)
+                     save_prefix=SAVE_PREFIX, next_command=lambda final: on_policy_command(final, start_name))
 
 
-def on_policy_command(final_path: Path) -> str:
-    """What to run next: on-policy preference training that scores its samples with this model."""
+def on_policy_command(final_path: Path, start_name: str) -> str:
+    """What to run next: on-policy preference training of the model this one started from (an SFT
+    checkpoint, say), its samples scored by this reward model."""
+    policy = [] if start_name == DEFAULT_MODEL else [f"model_name={start_name}"]
     return shlex.join(["python", "-m", "cookbook.recipes.preference.on_policy", "log_path=runs/on_policy_rm",
-                       "prompts=prompts:demo", "reward=reward_model", f"reward.model_name={final_path}"])
+                       *policy, "prompts=prompts:demo", "reward=reward_model", f"reward.model_name={final_path}"])
 
 
 class RewardModelTask:

@@ -363,9 +363,13 @@ class Run:
         final_path = writer.save("final", total, resumable=False, export_dtype=config.export_dtype)
         logger.close()
         if info.is_main:
-            command = (next_command(final_path) if next_command is not None else
-                       next_eval_command(final_path, metadata.get("base_model_name"), tasks=eval_tasks))
-            print_run_summary(console, self.log_path, final_path, time.monotonic() - self.started_at, command)
+            if next_command is not None:
+                command, label = next_command(final_path), "use it next:"
+            else:
+                command = next_eval_command(final_path, metadata.get("base_model_name"), tasks=eval_tasks)
+                label = "evaluate it next:"
+            print_run_summary(console, self.log_path, final_path, time.monotonic() - self.started_at, command,
+                              next_label=label)
         return final_path
 
     def _stop(self, writer: CheckpointWriter, logger, progress: TrainingProgress, done: int) -> None:
