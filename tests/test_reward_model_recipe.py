@@ -199,7 +199,6 @@ def test_help_lists_fields_with_docs():
 
 @pytest.mark.parametrize(("argument", "message"), [
     ("center_coef=-1", "center_coef must be a finite number >= 0"),
-    ("lora_rank=4", "lora_rank > 0 is not supported by the reward-model recipe"),
 ])
 def test_bad_options_are_refused(tmp_path, argument, message):
     with pytest.raises(ValueError, match=message):
@@ -216,3 +215,49 @@ def test_every_layout_trains_the_same(tmp_path, tiny_model_dir):
             for key in ("loss", "margin", "accuracy"):
                 assert a[key] == pytest.approx(b[key], abs=1e-5), (layout, a["step"], key)
     assert runs["prefix_shared"][0]["slot_fill"] > 1.0 > runs["padded"][0]["slot_fill"]
+
+
+def test_lora_trains_the_head_too_and_final_merged_scores_as_training(tmp_path, tiny_model_dir):
+    """With lora_rank the head trains in full beside the adapters (peft's SEQ_CLS task) and is saved
+    with them; final/merged is a plain sequence classifier that scores as the final eval did."""
+    log_path = run(tmp_path, tiny_model_dir, "max_steps=3", "eval_every=0", "learning_rate=1e-2", "lora_rank=4",
+                   "precision=fp32")
+    final = log_path / "final"
+    adapter = load_file(final / "adapter_model.safetensors")
+    assert any("score" in name for name in adapter) and any("lora_A" in name for name in adapter)
+    merged = final / "merged"
+    config = json.loads((merged / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForSequenceClassification"]
+    classifier = AutoModelForSequenceClassification.from_pretrained(merged, dtype=torch.float32).eval()
+    assert classifier.score.weight.abs().sum() > 0
+    pairs = _test_pairs(str(merged))
+    with torch.no_grad():
+        chosen = [classifier(input_ids=torch.tensor([p.chosen.tokens])).logits[0, 0].item() for p in pairs]
+    last = eval_records(log_path)[-1]
+    assert last["test/loss"] < math.log(2)
+    assert sum(chosen) / len(chosen) == pytest.approx(last["test/chosen_score"], abs=1e-5)
+
+
+def test_lora_resume_matches_uninterrupted(tmp_path, tiny_model_dir, monkeypatch):
+    """The resumed adapters and head come back (not a new zero head)."""
+    common = ("max_steps=4", "eval_every=0", "learning_rate=1e-2", "lora_rank=4", "precision=fp32", "save_every=2",
+              "write_merged_final=false")
+    straight = run(tmp_path, tiny_model_dir, *common, name="straight")
+    original = metrics_module.MetricLogger.log_metrics
+
+    def log_and_interrupt(self, metrics, step):
+        original(self, metrics, step)
+        if step == 2 and "loss" in metrics and "test/loss" not in metrics:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(metrics_module.MetricLogger, "log_metrics", log_and_interrupt)
+    with pytest.raises(RunStopped):
+        run(tmp_path, tiny_model_dir, *common, name="resumed")
+    monkeypatch.setattr(metrics_module.MetricLogger, "log_metrics", original)
+    run(tmp_path, tiny_model_dir, *common, "behavior_if_log_dir_exists=resume", name="resumed")
+    a = load_file(straight / "final" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "resumed" / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert [r["loss"] for r in train_records(straight)] == [r["loss"] for r in train_records(tmp_path / "resumed")]

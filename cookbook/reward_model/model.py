@@ -19,13 +19,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cookbook.training.attention import AttentionSpans, use_span_attention
+from cookbook.training.lora import ADAPTER_NAME
 
 SAVE_PREFIX = "classifier."  # state-dict keys of the wrapper: the classifier's, under this prefix
 
 
 def score_head(classifier: nn.Module) -> nn.Linear:
-    """The classifier's output layer (`score`, transformers' name for it in decoder models)."""
+    """The classifier's output layer (`score`, transformers' name for it in decoder models); with LoRA,
+    the copy of it that peft trains."""
     head = getattr(classifier, "score", None)
+    trained_copies = getattr(head, "modules_to_save", None)
+    if trained_copies is not None:
+        head = trained_copies[ADAPTER_NAME]
     if not isinstance(head, nn.Linear) or head.out_features != 1:
         raise ValueError(f"{type(classifier).__name__} has no one-output `score` layer to train as a reward head")
     return head
@@ -43,7 +48,8 @@ def zero_new_head(classifier: nn.Module) -> bool:
     first steps move the head rather than push the decoder through a random direction."""
     if is_sequence_classifier(classifier.config):  # read from the checkpoint; save_pretrained rewrites it
         return False
-    score_head(classifier).weight.zero_()
+    for weight in classifier.score.parameters():  # with LoRA also the copy peft trains
+        weight.zero_()
     return True
 
 

@@ -21,7 +21,8 @@ Why it is built this way:
    `margin` from the data with `use_margin=true`, else 0) plus a small centering
    term center_coef * (r_c + r_r)^2 (default 0.01) that keeps scores near 0 for the policy that
    will read them. Only what is reward modelling's own lives here; precision, accumulation, resume,
-   checkpoints and DDP/FSDP2 are the loop's.
+   checkpoints, LoRA (the head trains in full beside the adapters; `final/merged` is the classifier)
+   and DDP/FSDP2 are the loop's.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from cookbook.reward_model.step import evaluate_scores, score_micro_batch, score
 from cookbook.training.config import TrainingConfig
 from cookbook.training.display import print_pair
 from cookbook.training.loop import MicroBatchOutput, Run, run_recipe
+from cookbook.training.lora import MERGED_NAME
 
 __all__ = ["Config", "RewardModelTask", "main"]
 
@@ -78,9 +80,6 @@ class Config(TrainingConfig):
     def _check_reward_model_values(self) -> None:
         if not (math.isfinite(self.center_coef) and self.center_coef >= 0):
             raise ValueError(f"center_coef must be a finite number >= 0, got {self.center_coef}")
-        if self.lora_rank:
-            raise ValueError("lora_rank > 0 is not supported by the reward-model recipe yet (its head must "
-                             "train and be saved with the adapters); train every weight (lora_rank=0)")
 
 
 def main(config: Config) -> Path | None:
@@ -99,7 +98,7 @@ def _train(config: Config, run: Run) -> Path | None:
     classifier = run.load_model(run.model_source(start_name), packed_rows=config.layout != "padded", num_labels=1)
     # The head skips this token when it pools (batching.py), and a reader pads with the tokenizer's.
     classifier.config.pad_token_id = tokenizer.pad_token_id
-    if zero_new_head(classifier):
+    if not run.resumed and zero_new_head(classifier):  # a resumed head (LoRA: on a causal LM) stays
         console.print("Reward head: new, started at zero (every score 0 at step 0)")
     layout = make_score_collate(config.layout, tokenizer.pad_token_id, classifier)
     console.print(f"Batch layout: {layout.name}")
@@ -112,8 +111,10 @@ def _train(config: Config, run: Run) -> Path | None:
 
 def on_policy_command(final_path: Path, start_name: str) -> str:
     """What to run next: on-policy preference training of the model this one started from (an SFT
-    checkpoint, say), its samples scored by this reward model."""
+    checkpoint, say), its samples scored by this reward model (with LoRA, final/merged)."""
     policy = [] if start_name == DEFAULT_MODEL else [f"model_name={start_name}"]
+    if (final_path / MERGED_NAME).is_dir():
+        final_path = final_path / MERGED_NAME
     return shlex.join(["python", "-m", "cookbook.recipes.preference.on_policy", "log_path=runs/on_policy_rm",
                        *policy, "prompts=prompts:demo", "reward=reward_model", f"reward.model_name={final_path}"])
 

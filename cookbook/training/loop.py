@@ -205,6 +205,7 @@ class Run:
         self.optimizer: torch.optim.Optimizer | None = None
         self.tied_aliases: set[str] = set()
         self.lora: lora.LoraAdapters | None = None  # the policy's adapters, with lora_rank > 0
+        self.num_labels: int | None = None  # the trained model's, when it is a sequence classifier
         # bf16-true: name -> what casting the trained model's fp32 weights to bf16 dropped (see wrap)
         self.bf16_rounding: dict[str, torch.Tensor] | None = None
         torch.manual_seed(config.seed)
@@ -263,6 +264,8 @@ class Run:
                                                 device=str(self.info.device), attn_implementation=attention,
                                                 num_labels=num_labels)
         settings = lora.LoraSettings.from_config(self.config)
+        if trainable:
+            self.num_labels = num_labels
         if trainable and settings is None and self.plan.compensated_optimizer:
             self.bf16_rounding = _bf16_rounding(name, causal_lm)
         if trainable and settings is not None:
