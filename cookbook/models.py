@@ -209,19 +209,30 @@ def load_model_and_tokenizer(
     dtype: DType | str = "auto",
     device: Device | str = "auto",
     attn_implementation: str | None = "sdpa",
+    num_labels: int | None = None,
 ):
-    """(model, tokenizer) on `device`, in eval mode; the caller switches to train()."""
-    from transformers import AutoModelForCausalLM
+    """(model, tokenizer) on `device`, in eval mode; the caller switches to train(). With `num_labels`
+    the model is the checkpoint's `AutoModelForSequenceClassification` with that many outputs (a
+    reward model): a causal LM's decoder gets a new, randomly initialised head, a classifier's
+    checkpoint loads whole."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     path = resolve_model_path(model_name)
     tokenizer = load_tokenizer(path)
     if is_adapter_checkpoint(path):
+        if num_labels is not None:
+            raise ModelNotFoundError(f"{model_name} is a LoRA adapter of a causal LM; a sequence classifier "
+                                     "starts from a full checkpoint (its merged/ directory)")
         base, _ = load_model_and_tokenizer(_adapter_base(path), dtype, device, attn_implementation)
         return load_merged(path, base).eval(), tokenizer
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
+    if num_labels is None:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch_dtype, num_labels=num_labels,
+                                                                   **kwargs)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.to(torch_device).eval()

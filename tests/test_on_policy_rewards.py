@@ -161,8 +161,8 @@ def test_cli_forms_of_reward(user_module):
     assert parse(["reward=reward_model", "reward.model_name=rm", "reward.batch_size=2"]).reward == RewardModel(
         model_name="rm", batch_size=2)
     assert parse(["reward=function", "reward.function=user_rewards:length"]).reward.name() == "user_rewards:length"
-    assert set(REWARDS.names()) == {"function", "ifeval", "reward_model"}
-    with pytest.raises(chz.blueprint.InvalidBlueprintArg, match="Registered rewards: function, ifeval, reward_model"):
+    assert set(REWARDS.names()) == {"function", "ifeval", "reward_model", "sum"}
+    with pytest.raises(chz.blueprint.InvalidBlueprintArg, match="Registered rewards: function, ifeval, reward_model, sum"):
         parse(["reward=rm"])
     with pytest.raises(chz.blueprint.InvalidBlueprintArg, match="NOT_CALLABLE is neither a subclass of "
                                                                 "cookbook.on_policy.Reward nor a function"):

@@ -22,6 +22,7 @@ import functools
 import hashlib
 import inspect
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -41,7 +42,7 @@ META_NAME = "meta.json"
 STALE_STAGING_SECONDS = 24 * 3600
 PAIR_ARRAYS = {"prompt": np.int32, "chosen": np.int32, "chosen_weights": np.uint8, "rejected": np.int32,
                "rejected_weights": np.uint8, "prompt_offsets": np.int64, "chosen_offsets": np.int64,
-               "rejected_offsets": np.int64, "truncated": np.uint8}
+               "rejected_offsets": np.int64, "truncated": np.uint8, "margin": np.float32}  # margin: NaN = none
 SEQUENCE_ARRAYS = {"tokens": np.int32, "weights": np.uint8, "offsets": np.int64, "truncated": np.uint8}
 PROMPT_ARRAYS = {"tokens": np.int32, "offsets": np.int64}  # generation prompts of the on-policy recipes
 KIND_ARRAYS = {"pairs": PAIR_ARRAYS, "sequences": SEQUENCE_ARRAYS, "prompts": PROMPT_ARRAYS}
@@ -248,7 +249,9 @@ class PairSet(_ArraySet):
             weights = a[f"{side}_weights"][start:stop].astype(np.float32).tolist()
             return TokenizedSequence(prompt + reply, [0.0] * len(prompt) + weights)
 
-        return TokenizedPair(sequence("chosen"), sequence("rejected"), len(prompt), bool(a["truncated"][item]))
+        margin = float(a["margin"][item])
+        return TokenizedPair(sequence("chosen"), sequence("rejected"), len(prompt), bool(a["truncated"][item]),
+                             None if math.isnan(margin) else margin)
 
 
 class SequenceSet(_ArraySet):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -185,6 +186,7 @@ def _build_pairs(builder, renderer, max_length, key):
                         lengths[side] += len(sequence) - prompt_length
                     columns[f"{side}_offsets"].append(lengths[side])
                 columns["truncated"].append(ok and result.truncated)
+                columns["margin"].append(result.margin if ok and result.margin is not None else math.nan)
             for name, values in columns.items():
                 writer.write(name, values)
 

@@ -23,8 +23,9 @@ user's builder is `dataset=my.module:MyBuilder`.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -39,11 +40,13 @@ from cookbook.renderers.base import ROLES, Message
 
 @dataclass(frozen=True)
 class Comparison:
-    """One preference pair: `chosen` is preferred over `rejected` as the reply to `prompt`."""
+    """One preference pair: `chosen` is preferred over `rejected` as the reply to `prompt`; `margin`,
+    when the data gives one, says by how much (a reward model can require that score gap)."""
 
     prompt: list[Message]
     chosen: list[Message]
     rejected: list[Message]
+    margin: float | None = None
 
     def key(self) -> str:
         """A canonical text of the whole pair, for finding exact duplicates."""
@@ -160,21 +163,28 @@ class DPODatasetBuilder(SplitBuilder[Comparison]):
 
 
 def row_to_comparison(row: dict[str, Any]) -> Comparison | Skip:
-    """One row in either layout (see the module docstring) to a Comparison or a malformed Skip."""
+    """One row in either layout (see the module docstring) to a Comparison or a malformed Skip; an
+    optional numeric `margin` field is kept on the Comparison."""
     for field in ("chosen", "rejected"):
         if field not in row:
             return Skip("malformed", f"missing field {field!r}")
+    margin = row.get("margin")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
+                               or not math.isfinite(margin)):
+        return Skip("malformed", f"margin must be a finite number, got {margin!r}")
     try:
         if "prompt" not in row:
             chosen = to_messages(row["chosen"], "chosen")
             rejected = to_messages(row["rejected"], "rejected")
-            return comparison_from_conversations(chosen, rejected)
+            split = comparison_from_conversations(chosen, rejected)
+            return split if isinstance(split, Skip) or margin is None else replace(split, margin=float(margin))
         prompt = to_messages(row["prompt"], "prompt", default_role="user")
         chosen = _completion(to_messages(row["chosen"], "chosen", default_role="assistant"), prompt)
         rejected = _completion(to_messages(row["rejected"], "rejected", default_role="assistant"), prompt)
     except ValueError as error:
         return Skip("malformed", str(error))
-    return Comparison(prompt=prompt, chosen=chosen, rejected=rejected)
+    return Comparison(prompt=prompt, chosen=chosen, rejected=rejected,
+                      margin=None if margin is None else float(margin))
 
 
 def _completion(messages: list[Any], prompt: list[Any]) -> list[Any]:

@@ -55,12 +55,14 @@ class TokenizedSequence:
 @dataclass(frozen=True)
 class TokenizedPair:
     """A preference pair as tokens. `chosen.tokens[:prompt_length] == rejected.tokens[:prompt_length]`
-    are the prompt; `truncated` says whether max_length cut either completion."""
+    are the prompt; `truncated` says whether max_length cut either completion; `margin` is the
+    Comparison's (None when the data gives none)."""
 
     chosen: TokenizedSequence
     rejected: TokenizedSequence
     prompt_length: int
     truncated: bool = False
+    margin: float | None = None
 
     @property
     def chosen_completion_length(self) -> int:
@@ -114,7 +116,7 @@ def tokenize_comparisons(comparisons: Sequence[Comparison], renderer, max_length
             runs.append(Skip("malformed", f"renderer: {error}"))
     encoded = iter(renderer.encode_runs([r for item in runs if not isinstance(item, Skip) for r in item]))
     results: list[TokenizedPair | Skip] = []
-    for item in runs:
+    for comparison, item in zip(comparisons, runs, strict=True):
         if isinstance(item, Skip):
             results.append(item)
             continue
@@ -125,12 +127,12 @@ def tokenize_comparisons(comparisons: Sequence[Comparison], renderer, max_length
         except ValueError as error:
             results.append(Skip("malformed", f"renderer: {error}"))
             continue
-        results.append(_pair(len(prompt.tokens), chosen, rejected, max_length))
+        results.append(_pair(len(prompt.tokens), chosen, rejected, max_length, comparison.margin))
     return results
 
 
 def _pair(prompt_length: int, chosen: RenderedExample, rejected: RenderedExample,
-          max_length: int | None) -> TokenizedPair | Skip:
+          max_length: int | None, margin: float | None = None) -> TokenizedPair | Skip:
     truncated = False
     if max_length is not None:
         room = max_length - prompt_length
@@ -146,7 +148,7 @@ def _pair(prompt_length: int, chosen: RenderedExample, rejected: RenderedExample
     if chosen_sequence.tokens[prompt_length:] == rejected_sequence.tokens[prompt_length:]:
         cut = f" within max_length={max_length}" if truncated else ""
         return Skip("identical", f"chosen and rejected completions have the same tokens{cut}")
-    return TokenizedPair(chosen_sequence, rejected_sequence, prompt_length, truncated)
+    return TokenizedPair(chosen_sequence, rejected_sequence, prompt_length, truncated, margin)
 
 
 def _cut(tokens: list[int], weights: list[float], max_length: int | None) -> TokenizedSequence:

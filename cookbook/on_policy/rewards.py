@@ -25,6 +25,15 @@ The forms of `reward=`:
   the score is its logit; with two, `logit[1] - logit[0]` (log p(good)/p(bad)), which does not move
   when both logits shift together; more labels are refused. It runs in fp32, batched, without
   gradients;
+- `sum`: a weighted sum of other rewards, each term a reward (any form of this list) and its weight,
+  typed by position:
+
+      reward=sum reward.terms.0.reward=ifeval reward.terms.0.weight=1 \\
+                 reward.terms.1.reward=reward_model reward.terms.1.reward.model_name=runs/rm/final \\
+                 reward.terms.1.weight=0.5
+
+  A reply's reward is the sum over terms of weight * that term's score (each term checked as any
+  reward is, so a failure names the term); every term must accept the prompts;
 - `my.module:my_fn`: a user's plain function `my_fn(item: PromptItem, reply: str) -> float`, called
   once per reply (it becomes `reward=function reward.function=my.module:my_fn`, so the run's
   config.json names it);
@@ -352,3 +361,60 @@ REWARDS: Registry[Reward] = Registry(
     function_doc="a function (item: PromptItem, reply: str) -> float",
 )
 REWARDS.add({"function": FunctionReward, "ifeval": IFEvalReward, "reward_model": RewardModel})
+
+
+@chz.chz
+class WeightedReward:
+    """One term of `reward=sum`: a reward and its weight."""
+
+    reward: Reward = chz.field(default_factory=IFEvalReward, meta_factory=REWARDS.meta_factory(),
+                               doc="the term's reward: any form `reward=` takes (ifeval, reward_model, module:fn, ...)")
+    weight: float = chz.field(default=1.0, doc="what the term's score is multiplied by")
+
+    @chz.validate
+    def _check_weight(self) -> None:
+        if not math.isfinite(self.weight):
+            raise ValueError(f"a reward=sum term's weight must be a finite number, got {self.weight}")
+
+
+@chz.chz
+class SumReward(Reward):
+    """The weighted sum of other rewards (see the module docstring)."""
+
+    terms: tuple[WeightedReward, ...] = chz.field(
+        doc="the terms, by position: reward.terms.0.reward=ifeval reward.terms.0.weight=1 "
+            "reward.terms.1.reward=reward_model reward.terms.1.reward.model_name=DIR reward.terms.1.weight=0.5",
+    )
+
+    @chz.validate
+    def _check_terms(self) -> None:
+        if not self.terms:
+            raise ValueError("reward=sum needs at least one term: reward.terms.0.reward=<reward> "
+                             "reward.terms.0.weight=<weight>, then reward.terms.1..., ...")
+
+    def name(self) -> str:
+        return "sum"
+
+    def check_prompts(self, items: Sequence[PromptItem]) -> None:
+        for term in self.terms:
+            term.reward.check_prompts(items)
+
+    def build(self, device: Any = "cpu") -> RewardScorer:
+        return SumScorer([(term.weight, term.reward.build(device)) for term in self.terms])
+
+
+class SumScorer:
+    """Scores with each term's scorer (already checked: a failure names its reward) and adds them up."""
+
+    def __init__(self, terms: list[tuple[float, RewardScorer]]) -> None:
+        self.terms = terms
+
+    def score(self, items: list[PromptItem], replies: list[str]) -> list[float]:
+        totals = [0.0] * len(replies)
+        for weight, scorer in self.terms:
+            for index, value in enumerate(scorer.score(items, replies)):
+                totals[index] += weight * value
+        return totals
+
+
+REWARDS.add({"sum": SumReward})

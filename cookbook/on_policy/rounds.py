@@ -80,7 +80,8 @@ class SampledRoundsConfig(TrainingConfig):
     reward: Reward = chz.field(
         default_factory=IFEvalReward, meta_factory=REWARDS.meta_factory(),
         doc="Scores each reply: ifeval (fraction of the prompt's instructions followed), reward_model "
-            "(reward.model_name=...), module:Class or module:function",
+            "(reward.model_name=...), sum (weighted terms: reward.terms.0.reward=ifeval reward.terms.0.weight=1 "
+            "reward.terms.1.reward=reward_model reward.terms.1.reward.model_name=DIR ...), module:Class or module:function",
     )
     temperature: float = chz.field(default=0.7, doc="Sampling temperature (> 0)")
     top_p: float = chz.field(default=1.0, doc="Nucleus sampling: keep the smallest set of tokens with this mass")

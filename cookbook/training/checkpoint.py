@@ -354,7 +354,8 @@ class CheckpointWriter:
         self.run.lora.save(directory, weights, base_model_name)
         if merged_dtype is None:
             return
-        base = load_model_and_tokenizer(base_model_name, dtype="float32", device="cpu")[0]
+        base = load_model_and_tokenizer(base_model_name, dtype="float32", device="cpu",
+                                        num_labels=self.run.num_labels)[0]
         lora.save_merged(directory, directory / lora.MERGED_NAME, base, self.tokenizer,
                          {key: value for key, value in self.metadata.items() if key != "lora"}, dtype=merged_dtype)
         self.run.console.print(f"Merged the adapters into the base: final/{lora.MERGED_NAME}")

@@ -104,9 +104,10 @@ def next_eval_command(final_path: str | Path, compare_model: str | None = None,
 
 
 def print_run_summary(console: Console, log_path: str | Path, final_path: str | Path, wall_seconds: float,
-                      eval_command: str) -> None:
-    """Where the checkpoint is, held-out metrics before -> after, wall time, and what to run next.
-    Lines are printed without wrapping so the command can be copied as it is."""
+                      eval_command: str, next_label: str = "evaluate it next:") -> None:
+    """Where the checkpoint is, held-out metrics before -> after, wall time, and what to run next
+    (`eval_command`, under `next_label`). Lines are printed without wrapping so the command can be
+    copied as it is."""
     log_path = Path(log_path)
     records = read_metrics(log_path)
     last_step = max((r["step"] for r in records), default=0)
@@ -125,7 +126,7 @@ def print_run_summary(console: Console, log_path: str | Path, final_path: str | 
             say(f"  {key:<{width}}  {format_value(before)} -> {format_value(after)}")
     if (log_path / "metrics.png").exists():
         say(f"curves: {log_path / 'metrics.png'}")
-    say("evaluate it next:")
+    say(next_label)
     say(f"  {eval_command}")
 
 

@@ -205,6 +205,7 @@ class Run:
         self.optimizer: torch.optim.Optimizer | None = None
         self.tied_aliases: set[str] = set()
         self.lora: lora.LoraAdapters | None = None  # the policy's adapters, with lora_rank > 0
+        self.num_labels: int | None = None  # the trained model's, when it is a sequence classifier
         # bf16-true: name -> what casting the trained model's fp32 weights to bf16 dropped (see wrap)
         self.bf16_rounding: dict[str, torch.Tensor] | None = None
         torch.manual_seed(config.seed)
@@ -250,16 +251,21 @@ class Run:
         except ValueError as error:
             raise InvalidOptionError(str(error)) from None
 
-    def load_model(self, name: str, packed_rows: bool = False, trainable: bool = True):
-        """A causal LM on this rank's device, parameters in the precision's dtype. With lora_rank > 0
-        the trained model (`trainable`) gets LoRA adapters, the resumed ones on resume; a frozen
-        model (a separate reference) gets none."""
+    def load_model(self, name: str, packed_rows: bool = False, trainable: bool = True,
+                   num_labels: int | None = None):
+        """A causal LM on this rank's device, parameters in the precision's dtype (with `num_labels`,
+        the sequence classifier of `models.load_model_and_tokenizer`). With lora_rank > 0 the trained
+        model (`trainable`) gets LoRA adapters, the resumed ones on resume; a frozen model (a separate
+        reference) gets none."""
         # On a GPU, flex attention turns packed and prefix-shared rows into block-sparse work; sdpa
         # would run them over a dense mask.
         attention = "flex_attention" if self.info.device.type == "cuda" and packed_rows else "sdpa"
         causal_lm, _ = load_model_and_tokenizer(name, dtype=_dtype_name(self.plan.param_dtype),
-                                                device=str(self.info.device), attn_implementation=attention)
+                                                device=str(self.info.device), attn_implementation=attention,
+                                                num_labels=num_labels)
         settings = lora.LoraSettings.from_config(self.config)
+        if trainable:
+            self.num_labels = num_labels
         if trainable and settings is None and self.plan.compensated_optimizer:
             self.bf16_rounding = _bf16_rounding(name, causal_lm)
         if trainable and settings is not None:
@@ -309,10 +315,11 @@ class Run:
 
     def train(self, policy: nn.Module, causal_lm: nn.Module, task: RecipeTask, schedule: BatchSchedule,
               tokenizer, metadata: dict, start_metrics: dict | None = None, eval_tasks: str = "cookbook/ifeval",
-              save_prefix: str = "causal_lm.") -> Path | None:
+              save_prefix: str = "causal_lm.", next_command: Callable[[Path], str] | None = None) -> Path | None:
         """Run the steps of `schedule` on `policy` (from `wrap`; its state-dict keys are `causal_lm`'s
         prefixed with `save_prefix`); `start_metrics` (the data summary) are logged at step 0, and
-        `eval_tasks` go into the eval command printed at the end."""
+        `eval_tasks` go into the eval command printed at the end (or `next_command(final_path)`, the
+        command that uses what this recipe trained, when it is not evaluated as a chat model)."""
         config, info, console = self.config, self.info, self.console
         policy.train()
         optimizer = self.optimizer
@@ -359,8 +366,13 @@ class Run:
         final_path = writer.save("final", total, resumable=False, export_dtype=config.export_dtype)
         logger.close()
         if info.is_main:
-            print_run_summary(console, self.log_path, final_path, time.monotonic() - self.started_at,
-                              next_eval_command(final_path, metadata.get("base_model_name"), tasks=eval_tasks))
+            if next_command is not None:
+                command, label = next_command(final_path), "use it next:"
+            else:
+                command = next_eval_command(final_path, metadata.get("base_model_name"), tasks=eval_tasks)
+                label = "evaluate it next:"
+            print_run_summary(console, self.log_path, final_path, time.monotonic() - self.started_at, command,
+                              next_label=label)
         return final_path
 
     def _stop(self, writer: CheckpointWriter, logger, progress: TrainingProgress, done: int) -> None:

@@ -39,8 +39,9 @@ ALL_LINEAR = "all-linear"
 # the rank, so a rank sweep needs no learning-rate sweep.
 DEFAULT_ALPHA = 32.0
 ADAPTER_NAME = "default"
-# peft's names for adapter parameters (lora_A, lora_B, lora_embedding_A, ...).
-ADAPTER_PARAMETER = re.compile(r"(^|\.)lora_")
+# peft's names for adapter parameters (lora_A, lora_B, lora_embedding_A, ...), and for the trained copy
+# of a module it trains whole (a sequence classifier's head: score.modules_to_save.default.weight).
+ADAPTER_PARAMETER = re.compile(r"(^|\.)(lora_|modules_to_save\.)")
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -186,18 +187,25 @@ class LoraAdapters:
 
 def add_adapters(causal_lm: nn.Module, settings: LoraSettings) -> LoraAdapters:
     """Add trainable LoRA adapters to `causal_lm` in place (B = 0, so its outputs are unchanged) and
-    freeze every other parameter. Raises ValueError for a target module the model lacks."""
+    freeze every other parameter. Raises ValueError for a target module the model lacks. A sequence
+    classifier (a reward model) is adapted as peft's SEQ_CLS task, which also trains its head in full
+    and saves it with the adapters."""
     from peft import LoraConfig, get_peft_model
 
     targets = resolve_target_modules(causal_lm, settings.target_modules)
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=targets, bias="none", task_type="CAUSAL_LM")
+                        target_modules=targets, bias="none",
+                        task_type="SEQ_CLS" if is_sequence_classifier(causal_lm) else "CAUSAL_LM")
     with warnings.catch_warnings():
         # peft asks transformers about gradient checkpointing through a name it has deprecated.
         warnings.simplefilter("ignore", FutureWarning)
         # autocast_adapter_dtype: adapters of a bf16 (or fp16) base are made float32.
         peft_model = get_peft_model(causal_lm, config, autocast_adapter_dtype=True)
     return LoraAdapters(peft_model, settings, targets)
+
+
+def is_sequence_classifier(model: nn.Module) -> bool:
+    return type(model).__name__.endswith("ForSequenceClassification")
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
