@@ -1,0 +1,195 @@
+"""KTO on the shared loop: unpaired examples -> the KL reference point of the step -> per-example
+losses, as a `RecipeTask`.
+
+Each example is scored against its own completion and, for the KL estimate, a mismatched one: its
+prompt followed by the completion of the next example of its split (the split is shuffled once
+when built, so the neighbour is an unrelated example; the last one wraps to the first). `KLPairs`
+hands a split as `TokenizedPair`s (chosen = own completion, rejected = mismatched), so the
+preference machinery lays them out (the prompt once per example, `prefix_shared`) and
+`prepare_reference` precomputes or runs their reference log-probs exactly as for DPO pairs.
+
+The reference point z0 = max(0, mean KL log-ratio) is one number per step, over the step's whole
+global batch, so a step means the same at any micro-batch or world size. The loop asks
+`loss_denominator(global_ids)` once at the start of each step, before its first micro-batch; the
+task keeps those ids, and its first `forward` runs a no-gradient pass of the policy over this
+rank's share of the mismatched sequences (and the reference over both kinds), fills one vector per
+global batch position on every rank (a single all-reduce) and takes z0 from it. The micro-batches
+then run only each example's own sequence with gradients. The cost is one extra forward without
+gradients per example, as in the paper's recipe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from cookbook.datasets.tokenize import TokenizedPair, TokenizedSequence
+from cookbook.preference.losses import kto_loss, kto_reference_point
+from cookbook.preference.step import pair_logps
+from cookbook.training import distributed as dist_utils
+from cookbook.training.loop import MicroBatchOutput
+from cookbook.training.schedule import eval_batches, rank_micro_batches
+
+
+@dataclass(frozen=True)
+class KTOSettings:
+    beta: float = 0.1
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+
+
+class KLPairs(Sequence):
+    """A split's examples as (own completion, mismatched completion) pairs to the example's prompt;
+    the mismatched sequence is cut to `max_length` like any other."""
+
+    def __init__(self, examples: Sequence, max_length: int | None):
+        self.examples, self.max_length = examples, max_length
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, position: int) -> TokenizedPair:
+        own = self.examples[position]
+        other = self.examples[(position + 1) % len(self.examples)]
+        p, q = own.prompt_length, other.prompt_length
+        tokens = own.sequence.tokens[:p] + other.sequence.tokens[q:]
+        weights = own.sequence.weights[:p] + other.sequence.weights[q:]
+        if self.max_length is not None:
+            tokens, weights = tokens[: self.max_length], weights[: self.max_length]
+        return TokenizedPair(own.sequence, TokenizedSequence(tokens, weights), p)
+
+
+@dataclass(frozen=True)
+class KLPairData:
+    """What `prepare_reference` reads: both splits as pairs, and the data's name for its cache."""
+
+    train: KLPairs
+    test: KLPairs
+    fingerprint: str
+
+
+@dataclass
+class ScoredPass:
+    """A no-gradient pass over examples: per-example log-ratios of their own and mismatched
+    completions, and the reference log-probs of their own."""
+
+    log_ratios: Tensor  # [n] own completion: policy - reference
+    kl_log_ratios: Tensor  # [n] mismatched completion: policy - reference
+    reference_logps: Tensor  # [n] own completion
+
+
+@torch.no_grad()
+def score_pairs(model: nn.Module, pairs: Sequence[TokenizedPair], ids: list[int], collate, reference,
+                device: torch.device) -> ScoredPass:
+    batch = collate([pairs[i] for i in ids], ids).to(device)
+    logps = pair_logps(model, batch)
+    reference_own, reference_kl = reference(batch)
+    return ScoredPass((logps.chosen.float() - reference_own.float()).cpu(),
+                      (logps.rejected.float() - reference_kl.float()).cpu(), reference_own.float().cpu())
+
+
+class KTOTask:
+    """Unpaired examples -> KTO loss, for the shared loop: the loss of a step is its examples'
+    summed (weighted) losses divided by their number, with one reference point for the step."""
+
+    def __init__(self, settings: KTOSettings, data, pairs: KLPairData, pair_collate: Callable,
+                 sequence_collate: Callable, reference, info: dist_utils.DistInfo, micro_batch_size: int):
+        self.settings, self.data, self.pairs, self.info = settings, data, pairs, info
+        self.pair_collate, self.sequence_collate = pair_collate, sequence_collate
+        self.micro_batch_size = micro_batch_size
+        self.train_reference, self.test_reference = reference.for_split("train"), reference.for_split("test")
+        self.train_desirable = torch.as_tensor(data.train.desirable())
+        self._step_ids: list[int] = []
+        self._reference_point: Tensor | None = None
+        self._reference_logps: dict[int, float] = {}
+
+    def loss_denominator(self, global_ids: Sequence[int]) -> float:
+        # Called once per step before its micro-batches: the step's batch, for its reference point.
+        self._step_ids, self._reference_point = list(global_ids), None
+        return float(len(global_ids))
+
+    def forward(self, model: nn.Module, ids: list[int]) -> MicroBatchOutput:
+        if self._reference_point is None:
+            self._start_step(model)
+        batch = self.sequence_collate([self.data.train[i].sequence for i in ids], ids).to(self.info.device)
+        out = model(batch.input_ids, batch.loss_tokens, attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids)
+        reference_logps = torch.tensor([self._reference_logps[i] for i in ids], device=out.logps.device)
+        desirable = self.train_desirable[ids]
+        settings = self.settings
+        result = kto_loss(out.logps, reference_logps, desirable, self._reference_point.to(out.logps.device),
+                          settings.beta, settings.desirable_weight, settings.undesirable_weight)
+        sums = _metric_sums(result.losses.detach().cpu(), result.rewards.cpu(), desirable, self._reference_point)
+        sums.update(num_tokens=float(batch.num_real_tokens), num_slots=float(batch.num_slots))
+        return MicroBatchOutput(result.losses.sum(), sums)
+
+    def _start_step(self, model: nn.Module) -> None:
+        """z0 of the step's global batch, and the reference log-probs of this rank's examples."""
+        position = {example: index for index, example in enumerate(self._step_ids)}
+        kl_log_ratios = torch.zeros(len(self._step_ids), dtype=torch.float64)
+        self._reference_logps = {}
+        for ids in rank_micro_batches(self._step_ids, self.info.rank, self.info.world_size, self.micro_batch_size):
+            scored = score_pairs(model, self.pairs.train, ids, self.pair_collate, self.train_reference,
+                                 self.info.device)
+            for i, kl, reference in zip(ids, scored.kl_log_ratios.tolist(), scored.reference_logps.tolist()):
+                kl_log_ratios[position[i]] = kl
+                self._reference_logps[i] = reference
+        # Every position is filled by exactly one rank: the sum is the whole batch's vector.
+        kl_log_ratios = dist_utils.all_reduce_tensor_sum(kl_log_ratios.to(self.info.device), self.info).cpu()
+        self._reference_point = kto_reference_point(kl_log_ratios.float())
+
+    def step_metrics(self, sums: dict[str, float], denominator: float) -> dict[str, float]:
+        return kto_metrics(sums)
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        if not len(self.data.test):
+            return {}
+        return evaluate_kto(model, self.pairs.test, torch.as_tensor(self.data.test.desirable()), self.pair_collate,
+                            self.test_reference, self.settings, self.micro_batch_size, self.info)
+
+
+METRIC_KEYS = ("loss", "kl", "num_desirable", "num_undesirable", "desirable_reward", "undesirable_reward")
+
+
+def _metric_sums(losses: Tensor, rewards: Tensor, desirable: Tensor, reference_point: Tensor) -> dict[str, float]:
+    desirable = desirable.bool()
+    values = torch.stack([losses.sum(), reference_point.float() * len(losses), desirable.sum().float(),
+                          (~desirable).sum().float(), rewards[desirable].sum(), rewards[~desirable].sum()])
+    return dict(zip(METRIC_KEYS, values.tolist()))
+
+
+def kto_metrics(sums: dict[str, float], prefix: str = "") -> dict[str, float]:
+    """Means from sums over examples: loss, kl (z0), the mean reward (beta * log-ratio) of each
+    side and their margin, and the counts of each side."""
+    count = max(sums["num_desirable"] + sums["num_undesirable"], 1.0)
+    desirable = sums["desirable_reward"] / max(sums["num_desirable"], 1.0)
+    undesirable = sums["undesirable_reward"] / max(sums["num_undesirable"], 1.0)
+    return {f"{prefix}loss": sums["loss"] / count, f"{prefix}kl": sums["kl"] / count,
+            f"{prefix}desirable_reward": desirable, f"{prefix}undesirable_reward": undesirable,
+            f"{prefix}reward_margin": desirable - undesirable,
+            f"{prefix}num_desirable": int(sums["num_desirable"]), f"{prefix}num_undesirable": int(sums["num_undesirable"])}
+
+
+@torch.no_grad()
+def evaluate_kto(model: nn.Module, pairs: KLPairs, desirable: Tensor, collate, reference, settings: KTOSettings,
+                 micro_batch_size: int, info: dist_utils.DistInfo) -> dict[str, float]:
+    """Held-out `test/...` metrics: the KTO loss with z0 taken over the whole test split, the
+    mean reward of each side and their margin. Each rank scores a share; sums go over ranks."""
+    was_training = model.training
+    model.eval()
+    log_ratios = torch.zeros(len(pairs), dtype=torch.float64)
+    kl_log_ratios = torch.zeros(len(pairs), dtype=torch.float64)
+    for ids in eval_batches(len(pairs), micro_batch_size, info.rank, info.world_size):
+        scored = score_pairs(model, pairs, ids or [0], collate, reference, info.device)
+        if ids:  # an empty batch (a padding one, so every rank runs as many forwards) is dropped
+            log_ratios[ids], kl_log_ratios[ids] = scored.log_ratios.double(), scored.kl_log_ratios.double()
+    model.train(was_training)
+    log_ratios = dist_utils.all_reduce_tensor_sum(log_ratios.to(info.device), info).cpu().float()
+    kl_log_ratios = dist_utils.all_reduce_tensor_sum(kl_log_ratios.to(info.device), info).cpu().float()
+    z0 = kto_reference_point(kl_log_ratios)
+    result = kto_loss(log_ratios, torch.zeros_like(log_ratios), desirable, z0, settings.beta,
+                      settings.desirable_weight, settings.undesirable_weight)
+    return kto_metrics(_metric_sums(result.losses, result.rewards, desirable, z0), prefix="test/")
