@@ -1,6 +1,6 @@
 """Unpaired feedback data: the file builder (prompt, completion, label), `unpaired:<preference set>`,
 a user's `module:Class`, bad labels, counted skips, tokenization through the shared cache, and the
-mismatched completions of the KL estimate."""
+rows of the KL estimate (each example with the next completion of its global batch)."""
 
 import json
 from pathlib import Path
@@ -20,8 +20,9 @@ from cookbook.datasets.unpaired import (
     UnpairedFileBuilder,
 )
 from cookbook.errors import UserError
-from cookbook.kto.step import KLPairs
+from cookbook.kto.step import TrainRows, held_out_pairs
 from cookbook.renderers import get_renderer
+from cookbook.training.schedule import BatchSchedule
 
 
 def rows(n: int = 10) -> list[dict]:
@@ -150,15 +151,23 @@ def test_tokenized_through_the_shared_cache_with_loss_on_the_completion_only(tmp
     assert list(again.train.desirable()) == [ex.desirable for ex in data.train]
 
 
-def test_the_mismatched_sequence_is_the_prompt_and_the_next_examples_completion(tmp_path, tokenizer):
+def test_each_step_pairs_its_examples_with_the_next_completion_of_its_global_batch(tmp_path, tokenizer):
     renderer = get_renderer("chatml", tokenizer)
-    data = load_unpaired_data(UnpairedFileBuilder(path=str(write_jsonl(tmp_path / "f.jsonl", rows(6))), test_size=0),
+    data = load_unpaired_data(UnpairedFileBuilder(path=str(write_jsonl(tmp_path / "f.jsonl", rows(10))), test_size=0),
                               renderer, max_length=256, verbose=False)
-    pairs = KLPairs(data.train, max_length=256)
-    for position in range(len(data.train)):
-        own, other = data.train[position], data.train[(position + 1) % len(data.train)]
-        pair = pairs[position]
-        assert pair.chosen == own.sequence and pair.prompt_length == own.prompt_length
-        assert pair.rejected.tokens == own.sequence.tokens[:own.prompt_length] + other.sequence.tokens[other.prompt_length:]
-        assert pair.rejected.weights[own.prompt_length:] == other.sequence.weights[other.prompt_length:]
-    assert all(len(pair.rejected) <= 40 for pair in KLPairs(data.train, max_length=40))
+    schedule = BatchSchedule(len(data.train), batch_size=4, micro_batch_size=2, num_epochs=2, max_steps=None, seed=0)
+    train_rows = TrainRows.of(data.train, schedule, max_length=256)
+    assert len(train_rows.pairs) == schedule.total_steps * 4 == 16
+    for step in range(schedule.total_steps):
+        batch = schedule.global_batch(step)
+        offset = train_rows.offsets[tuple(batch)]
+        for k, example in enumerate(batch):
+            own, other = data.train[example], data.train[batch[(k + 1) % 4]]
+            pair = train_rows.pairs[offset + k]
+            assert pair.chosen == own.sequence and pair.prompt_length == own.prompt_length
+            assert pair.rejected.tokens == (own.sequence.tokens[:own.prompt_length]
+                                            + other.sequence.tokens[other.prompt_length:])
+            assert pair.rejected.weights[own.prompt_length:] == other.sequence.weights[other.prompt_length:]
+    assert train_rows.batches == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [10, 11], [12, 13], [14, 15]]
+    held_out = held_out_pairs(data.train, max_length=40)
+    assert held_out.partner == [*range(1, 10), 0] and all(len(pair.rejected) <= 40 for pair in held_out)

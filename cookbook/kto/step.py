@@ -1,18 +1,20 @@
 """KTO on the shared loop: unpaired examples -> the KL reference point of the step -> per-example
 losses, as a `RecipeTask`.
 
-Each example is scored against its own completion and, for the KL estimate, a mismatched one: its
-prompt followed by the completion of the next example of its split (the split is shuffled once
-when built, so the neighbour is an unrelated example; the last one wraps to the first). `KLPairs`
-hands a split as `TokenizedPair`s (chosen = own completion, rejected = mismatched), so the
-preference machinery lays them out (the prompt once per example, `prefix_shared`) and
-`prepare_reference` precomputes or runs their reference log-probs exactly as for DPO pairs.
+Each example is scored on its own completion and, for the KL estimate, on a mismatched one: its
+prompt followed by the completion of the next example of the step's global batch (shifted by one,
+the last taking the first's). `KLPairs` hands these as `TokenizedPair`s (chosen = own completion,
+rejected = mismatched), one row per (step, position in its global batch), so the preference
+machinery lays them out (the prompt once per row, `prefix_shared`) and `prepare_reference`
+precomputes or runs their reference log-probs exactly as for DPO pairs. The schedule is fixed by
+the seed, so every step's rows are known before step 1. Held-out rows shift over the whole test
+split, whose reference point is one number.
 
 The reference point z0 = max(0, mean KL log-ratio) is one number per step, over the step's whole
 global batch, so a step means the same at any micro-batch or world size. The loop asks
 `loss_denominator(global_ids)` once at the start of each step, before its first micro-batch; the
 task keeps those ids, and its first `forward` runs a no-gradient pass of the policy over this
-rank's share of the mismatched sequences (and the reference over both kinds), fills one vector per
+rank's share of the step's rows (the reference too, unless precomputed), fills one vector per
 global batch position on every rank (a single all-reduce) and takes z0 from it. The micro-batches
 then run only each example's own sequence with gradients. The cost is one extra forward without
 gradients per example, as in the paper's recipe.
@@ -42,18 +44,18 @@ class KTOSettings:
 
 
 class KLPairs(Sequence):
-    """A split's examples as (own completion, mismatched completion) pairs to the example's prompt;
-    the mismatched sequence is cut to `max_length` like any other."""
+    """Rows of (own completion, mismatched completion) to one prompt: row j is example `own[j]` of
+    `examples` with the completion of example `partner[j]` as its mismatched one, cut to
+    `max_length` like any sequence."""
 
-    def __init__(self, examples: Sequence, max_length: int | None):
-        self.examples, self.max_length = examples, max_length
+    def __init__(self, examples: Sequence, own: Sequence[int], partner: Sequence[int], max_length: int | None):
+        self.examples, self.own, self.partner, self.max_length = examples, own, partner, max_length
 
     def __len__(self) -> int:
-        return len(self.examples)
+        return len(self.own)
 
-    def __getitem__(self, position: int) -> TokenizedPair:
-        own = self.examples[position]
-        other = self.examples[(position + 1) % len(self.examples)]
+    def __getitem__(self, row: int) -> TokenizedPair:
+        own, other = self.examples[self.own[row]], self.examples[self.partner[row]]
         p, q = own.prompt_length, other.prompt_length
         tokens = own.sequence.tokens[:p] + other.sequence.tokens[q:]
         weights = own.sequence.weights[:p] + other.sequence.weights[q:]
@@ -62,13 +64,49 @@ class KLPairs(Sequence):
         return TokenizedPair(own.sequence, TokenizedSequence(tokens, weights), p)
 
 
+def shifted(ids: Sequence[int]) -> list[int]:
+    """Each position's partner: the next id, the last one's the first."""
+    ids = list(ids)
+    return ids[1:] + ids[:1]
+
+
+@dataclass(frozen=True)
+class TrainRows:
+    """The run's training rows: the steps' global batches one after another, each example paired with
+    its neighbour's completion; `offsets` maps a global batch to its first row, `batches` are this
+    rank's micro-batches of rows, step by step (the reference precompute walks them)."""
+
+    pairs: KLPairs
+    offsets: dict[tuple[int, ...], int]
+    batches: list[list[int]]
+
+    @classmethod
+    def of(cls, examples: Sequence, schedule, max_length: int | None) -> TrainRows:
+        own, partner, offsets, batches = [], [], {}, []
+        for step in range(schedule.total_steps):
+            ids = schedule.global_batch(step)
+            # The same batch twice means the same rows twice: the first ones serve both.
+            offsets.setdefault(tuple(ids), len(own))
+            rows = list(range(len(own), len(own) + len(ids)))
+            own += ids
+            partner += shifted(ids)
+            batches += rank_micro_batches(rows, schedule.rank, schedule.world_size, schedule.micro_batch_size)
+        return cls(KLPairs(examples, own, partner, max_length), offsets, batches)
+
+
+def held_out_pairs(examples: Sequence, max_length: int | None) -> KLPairs:
+    """The held-out rows: every example, paired with the next one's completion over the whole split."""
+    ids = list(range(len(examples)))
+    return KLPairs(examples, ids, shifted(ids), max_length)
+
+
 @dataclass(frozen=True)
 class KLPairData:
-    """What `prepare_reference` reads: both splits as pairs, and the data's name for its cache."""
+    """What `prepare_reference` reads: both splits' rows, and their name for its cache."""
 
     train: KLPairs
     test: KLPairs
-    fingerprint: str
+    fingerprint: str  # the tokenized data's, and the schedule's (which decides the training rows)
 
 
 @dataclass
@@ -95,9 +133,9 @@ class KTOTask:
     """Unpaired examples -> KTO loss, for the shared loop: the loss of a step is its examples'
     summed (weighted) losses divided by their number, with one reference point for the step."""
 
-    def __init__(self, settings: KTOSettings, data, pairs: KLPairData, pair_collate: Callable,
+    def __init__(self, settings: KTOSettings, data, rows: TrainRows, pairs: KLPairData, pair_collate: Callable,
                  sequence_collate: Callable, reference, info: dist_utils.DistInfo, micro_batch_size: int):
-        self.settings, self.data, self.pairs, self.info = settings, data, pairs, info
+        self.settings, self.data, self.rows, self.pairs, self.info = settings, data, rows, pairs, info
         self.pair_collate, self.sequence_collate = pair_collate, sequence_collate
         self.micro_batch_size = micro_batch_size
         self.train_reference, self.test_reference = reference.for_split("train"), reference.for_split("test")
@@ -128,15 +166,16 @@ class KTOTask:
 
     def _start_step(self, model: nn.Module) -> None:
         """z0 of the step's global batch, and the reference log-probs of this rank's examples."""
-        position = {example: index for index, example in enumerate(self._step_ids)}
-        kl_log_ratios = torch.zeros(len(self._step_ids), dtype=torch.float64)
+        offset = self.rows.offsets[tuple(self._step_ids)]
+        rows = list(range(offset, offset + len(self._step_ids)))
+        kl_log_ratios = torch.zeros(len(rows), dtype=torch.float64)
         self._reference_logps = {}
-        for ids in rank_micro_batches(self._step_ids, self.info.rank, self.info.world_size, self.micro_batch_size):
-            scored = score_pairs(model, self.pairs.train, ids, self.pair_collate, self.train_reference,
+        for batch_rows in rank_micro_batches(rows, self.info.rank, self.info.world_size, self.micro_batch_size):
+            scored = score_pairs(model, self.pairs.train, batch_rows, self.pair_collate, self.train_reference,
                                  self.info.device)
-            for i, kl, reference in zip(ids, scored.kl_log_ratios.tolist(), scored.reference_logps.tolist()):
-                kl_log_ratios[position[i]] = kl
-                self._reference_logps[i] = reference
+            for row, kl, reference in zip(batch_rows, scored.kl_log_ratios.tolist(), scored.reference_logps.tolist()):
+                kl_log_ratios[row - offset] = kl
+                self._reference_logps[self.pairs.train.own[row]] = reference
         # Every position is filled by exactly one rank: the sum is the whole batch's vector.
         kl_log_ratios = dist_utils.all_reduce_tensor_sum(kl_log_ratios.to(self.info.device), self.info).cpu()
         self._reference_point = kto_reference_point(kl_log_ratios.float())

@@ -16,6 +16,7 @@ at step 0 (policy = reference) it is 0.5 with unit weights, at any micro-batch o
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import chz
 from cookbook.datasets.load import load_unpaired_data
 from cookbook.datasets.summary import print_supervised_example
 from cookbook.datasets.unpaired import UNPAIRED_DATASETS, UnpairedDatasetBuilder
-from cookbook.kto.step import KLPairData, KLPairs, KTOSettings, KTOTask
+from cookbook.kto.step import KLPairData, KTOSettings, KTOTask, TrainRows, held_out_pairs
 from cookbook.preference.batching import Layout, make_collate
 from cookbook.preference.losses import kto_balance_warning
 from cookbook.preference.reference import (
@@ -110,12 +111,14 @@ def _train(config: Config, run: Run) -> Path | None:
     model = SequenceLogprobModel(causal_lm, compute_context=run.plan.autocast)
     start_fingerprint = model_fingerprint(model)
     policy = run.wrap(model, causal_lm)
-    pairs = KLPairData(KLPairs(data.train, config.max_length), KLPairs(data.test, config.max_length),
-                       fingerprint=data.fingerprint)
+    rows = TrainRows.of(data.train, schedule, config.max_length)
+    schedule_key = f"{config.seed}/{config.batch_size}/{config.num_epochs}/{schedule.total_steps}"
+    pairs = KLPairData(rows.pairs, held_out_pairs(data.test, config.max_length),
+                       fingerprint=hashlib.sha256(f"{data.fingerprint}|{schedule_key}".encode()).hexdigest())
     reference = prepare_reference(run, policy, start_fingerprint, reference_name, start_name, data=pairs,
-                                  collate=pair_layout.collate, train_batches=schedule.all_micro_batches())
-    task = KTOTask(config.kto_settings, data, pairs, pair_layout.collate, sequence_layout.collate, reference, info,
-                   config.micro_batch_size)
+                                  collate=pair_layout.collate, train_batches=rows.batches)
+    task = KTOTask(config.kto_settings, data, rows, pairs, pair_layout.collate, sequence_layout.collate, reference,
+                   info, config.micro_batch_size)
     metadata = {"renderer_name": run.renderer_name, "base_model_name": start_name,
                 "reference_model_name": reference_name}
     return run.train(policy, causal_lm, task, schedule, tokenizer, metadata, start_metrics=data.summary.as_metrics())
