@@ -57,6 +57,16 @@ def test_at_step_zero_every_example_costs_one_half(tmp_path, tiny_model_dir, pre
     assert (log_path / "final" / "model.safetensors").exists()
 
 
+@pytest.mark.parametrize("precompute", ["true", "false"])
+def test_with_lora_the_reference_is_the_policy_with_its_adapters_off(tmp_path, tiny_model_dir, precompute):
+    log_path = run(tmp_path, tiny_model_dir, "max_steps=3", "eval_every=0", "lora_rank=4", "learning_rate=1e-2",
+                   "precision=fp32", f"precompute_reference={precompute}")
+    records = train_records(log_path)
+    assert records[0]["loss"] == pytest.approx(0.5, abs=1e-6) and records[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert records[-1]["loss"] != pytest.approx(0.5, abs=1e-4)  # the adapters moved the policy off the reference
+    assert eval_records(log_path)[0]["test/loss"] == pytest.approx(0.5, abs=1e-6)
+
+
 def test_a_run_lowers_its_loss_and_separates_the_rewards(tmp_path, tiny_model_dir):
     log_path = run(tmp_path, tiny_model_dir, "num_epochs=2", "learning_rate=1e-3", "lr_schedule=constant",
                    "kto_beta=0.5", "eval_every=0")

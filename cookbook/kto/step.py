@@ -122,6 +122,7 @@ class ScoredPass:
 @torch.no_grad()
 def score_pairs(model: nn.Module, pairs: Sequence[TokenizedPair], ids: list[int], collate, reference,
                 device: torch.device) -> ScoredPass:
+    """Rows `ids` of `pairs` through the policy and the reference, without gradients."""
     batch = collate([pairs[i] for i in ids], ids).to(device)
     logps = pair_logps(model, batch)
     reference_own, reference_kl = reference(batch)
