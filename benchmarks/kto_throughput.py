@@ -19,7 +19,7 @@ Why it is built this way:
 - Our side is the recipe's code path minus logging and checkpoints: `Run` loads the model and builds
   the optimizer as `train_kto` does, the reference log-probs are precomputed by `prepare_reference`
   before the timed steps, and each step is the shared loop's `StepRunner.run` over `KTOTask` (the
-  no-gradient pass for the step's reference point, then the own sequences with gradients). TRL gets
+  no-gradient pass for the step's reference point, then the same rows with gradients). TRL gets
   `precompute_ref_log_probs=True` (also before its first step) and computes each micro-batch's own
   and mismatched sequences in its step.
 - "Tokens" are a step's own sequences plus its mismatched ones, counted on our side and used for
@@ -108,7 +108,6 @@ def run_ours(args, spec: Spec) -> RunResult:
     from cookbook.kto.train_kto import Config
     from cookbook.preference.batching import make_collate
     from cookbook.preference.reference import model_fingerprint, prepare_reference
-    from cookbook.supervised.batching import make_supervised_collate
     from cookbook.training.display import make_console
     from cookbook.training.distributed import DistInfo
     from cookbook.training.log_dir import StopRequest
@@ -129,17 +128,15 @@ def run_ours(args, spec: Spec) -> RunResult:
         data = load_examples(args, renderer)
         schedule = make_schedule(args, len(data.train))
         causal_lm = run.load_model(args.model, packed_rows=True)
-        pair_layout = make_collate(config.layout, tokenizer.pad_token_id, causal_lm)
-        sequence_layout = make_supervised_collate("packed", tokenizer.pad_token_id, causal_lm)
+        layout = make_collate(config.layout, tokenizer.pad_token_id, causal_lm)
         model = SequenceLogprobModel(causal_lm, compute_context=run.plan.autocast)
         fingerprint = model_fingerprint(model)
         policy = run.wrap(model, causal_lm)
         rows = TrainRows.of(data.train, schedule, config.max_length)
         pairs = KLPairData(rows.pairs, held_out_pairs(data.test, config.max_length), fingerprint="benchmark")
         reference = prepare_reference(run, policy, fingerprint, args.model, args.model, data=pairs,
-                                      collate=pair_layout.collate, train_batches=rows.batches)
-        task = KTOTask(config.kto_settings, data, rows, pairs, pair_layout.collate, sequence_layout.collate,
-                       reference, info, config.micro_batch_size)
+                                      collate=layout.collate, train_batches=rows.batches)
+        task = KTOTask(config.kto_settings, data, rows, pairs, layout.collate, reference, info, config.micro_batch_size)
         scheduler = make_scheduler(run.optimizer, schedule.total_steps, config.lr_schedule, config.warmup_steps)
         runner = StepRunner(config, info, policy, run.strategy, run.optimizer, scheduler, run.plan.grad_scaler(),
                             schedule, task)
@@ -153,7 +150,7 @@ def run_ours(args, spec: Spec) -> RunResult:
             cpu_times.append(time.process_time() - start_cpu)
             losses.append(metrics["loss"])
     return summarize(args, spec, step_times, cpu_times, step_tokens(rows, schedule), losses[0],
-                     note=f"precision {run.plan.name}, layouts {pair_layout.name} + packed")
+                     note=f"precision {run.plan.name}, layout {layout.name}")
 
 
 def run_trl(args, spec: Spec) -> RunResult:

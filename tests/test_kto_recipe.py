@@ -35,23 +35,22 @@ def eval_records(log_path: Path) -> list[dict]:
     return [r for r in read_metrics(log_path) if "test/loss" in r]
 
 
-@pytest.mark.parametrize("precompute", ["true", "false"])
-def test_at_step_zero_every_example_costs_one_half(tmp_path, tiny_model_dir, precompute):
-    """Policy = reference before the first update: r = 0 and KL = 0, so each loss is 1 - sigmoid(0).
-    (The trained pass lays out only each example's own sequence, the scoring pass own and mismatched
-    ones together, so the two agree to float rounding, not bit for bit: fp32 here.)"""
+@pytest.mark.parametrize(("precompute", "precision"),
+                         [("true", "fp32"), ("true", "bf16-mixed"), ("false", "bf16-mixed")])
+def test_at_step_zero_every_example_costs_one_half(tmp_path, tiny_model_dir, precompute, precision):
+    """Policy = reference before the first update: r = 0 and KL = 0, so each loss is 1 - sigmoid(0),
+    exactly, in any precision: the trained pass lays out each row as the reference saw it."""
     log_path = run(tmp_path, tiny_model_dir, "max_steps=2", "eval_every=0", f"precompute_reference={precompute}",
-                   "precision=fp32")
+                   f"precision={precision}")
     first = train_records(log_path)[0]
-    assert first["step"] == 1 and first["loss"] == pytest.approx(0.5, abs=1e-6)
-    assert first["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert first["step"] == 1 and first["loss"] == 0.5 and first["kl"] == 0.0
+    assert first["desirable_reward"] == first["undesirable_reward"] == first["reward_margin"] == 0.0
     assert first["num_desirable"] + first["num_undesirable"] == 8
-    assert first["desirable_reward"] == pytest.approx(0.0, abs=1e-6)
     start = eval_records(log_path)[0]
-    assert start["step"] == 0 and start["test/loss"] == pytest.approx(0.5, abs=1e-6)
+    assert start["step"] == 0 and start["test/loss"] == 0.5
     assert start["test/num_desirable"] == start["test/num_undesirable"] == 8
     for key in ("test/kl", "test/desirable_reward", "test/undesirable_reward", "test/reward_margin"):
-        assert start[key] == pytest.approx(0.0, abs=1e-6), key
+        assert start[key] == 0.0, key
     summary = next(r for r in read_metrics(log_path) if "data/train_examples" in r)
     assert summary["data/train_examples"] == 48 and summary["data/train_desirable"] == 24
     assert (log_path / "final" / "model.safetensors").exists()
@@ -62,9 +61,9 @@ def test_with_lora_the_reference_is_the_policy_with_its_adapters_off(tmp_path, t
     log_path = run(tmp_path, tiny_model_dir, "max_steps=3", "eval_every=0", "lora_rank=4", "learning_rate=1e-2",
                    "precision=fp32", f"precompute_reference={precompute}")
     records = train_records(log_path)
-    assert records[0]["loss"] == pytest.approx(0.5, abs=1e-6) and records[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert records[0]["loss"] == 0.5 and records[0]["kl"] == 0.0
     assert records[-1]["loss"] != pytest.approx(0.5, abs=1e-4)  # the adapters moved the policy off the reference
-    assert eval_records(log_path)[0]["test/loss"] == pytest.approx(0.5, abs=1e-6)
+    assert eval_records(log_path)[0]["test/loss"] == 0.5
 
 
 def test_a_run_lowers_its_loss_and_separates_the_rewards(tmp_path, tiny_model_dir):

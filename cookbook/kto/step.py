@@ -15,9 +15,12 @@ global batch, so a step means the same at any micro-batch or world size. The loo
 `loss_denominator(global_ids)` once at the start of each step, before its first micro-batch; the
 task keeps those ids, and its first `forward` runs a no-gradient pass of the policy over this
 rank's share of the step's rows (the reference too, unless precomputed), fills one vector per
-global batch position on every rank (a single all-reduce) and takes z0 from it. The micro-batches
-then run only each example's own sequence with gradients. The cost is one extra forward without
-gradients per example, as in the paper's recipe.
+global batch position on every rank (a single all-reduce) and takes z0 from it. Each micro-batch
+then runs its rows again with gradients, laid out exactly as the reference saw them, so at step 0
+policy and reference log-probs agree bit for bit in every precision (the loss is exactly 0.5);
+only the own completion's log-prob enters the loss. The cost is one extra forward without
+gradients per example, as in the paper's recipe, and the mismatched completion's tokens (not its
+prompt, which prefix sharing runs once) in the trained pass.
 """
 
 from __future__ import annotations
@@ -134,49 +137,51 @@ class KTOTask:
     """Unpaired examples -> KTO loss, for the shared loop: the loss of a step is its examples'
     summed (weighted) losses divided by their number, with one reference point for the step."""
 
-    def __init__(self, settings: KTOSettings, data, rows: TrainRows, pairs: KLPairData, pair_collate: Callable,
-                 sequence_collate: Callable, reference, info: dist_utils.DistInfo, micro_batch_size: int):
+    def __init__(self, settings: KTOSettings, data, rows: TrainRows, pairs: KLPairData, collate: Callable,
+                 reference, info: dist_utils.DistInfo, micro_batch_size: int):
         self.settings, self.data, self.rows, self.pairs, self.info = settings, data, rows, pairs, info
-        self.pair_collate, self.sequence_collate = pair_collate, sequence_collate
-        self.micro_batch_size = micro_batch_size
+        self.collate, self.micro_batch_size = collate, micro_batch_size
         self.train_reference, self.test_reference = reference.for_split("train"), reference.for_split("test")
         self.train_desirable = torch.as_tensor(data.train.desirable())
         self._step_ids: list[int] = []
+        self._row_of: dict[int, int] = {}  # example id -> its row in this step
         self._reference_point: Tensor | None = None
-        self._reference_logps: dict[int, float] = {}
+        self._reference_logps: dict[int, float] = {}  # row -> the reference log-prob of its own completion
 
     def loss_denominator(self, global_ids: Sequence[int]) -> float:
         # Called once per step before its micro-batches: the step's batch, for its reference point.
         self._step_ids, self._reference_point = list(global_ids), None
+        offset = self.rows.offsets[tuple(self._step_ids)]
+        self._row_of = {example: offset + position for position, example in enumerate(self._step_ids)}
         return float(len(global_ids))
 
     def forward(self, model: nn.Module, ids: list[int]) -> MicroBatchOutput:
         if self._reference_point is None:
             self._start_step(model)
-        batch = self.sequence_collate([self.data.train[i].sequence for i in ids], ids).to(self.info.device)
-        out = model(batch.input_ids, batch.loss_tokens, attention_mask=batch.attention_mask,
-                    position_ids=batch.position_ids)
-        reference_logps = torch.tensor([self._reference_logps[i] for i in ids], device=out.logps.device)
+        rows = [self._row_of[i] for i in ids]
+        batch = self.collate([self.pairs.train[row] for row in rows], rows).to(self.info.device)
+        logps = pair_logps(model, batch)
+        reference_logps = torch.tensor([self._reference_logps[row] for row in rows], device=logps.chosen.device)
         desirable = self.train_desirable[ids]
         settings = self.settings
-        result = kto_loss(out.logps, reference_logps, desirable, self._reference_point.to(out.logps.device),
+        result = kto_loss(logps.chosen, reference_logps, desirable, self._reference_point.to(logps.chosen.device),
                           settings.beta, settings.desirable_weight, settings.undesirable_weight)
         sums = _metric_sums(result.losses.detach().cpu(), result.rewards.cpu(), desirable, self._reference_point)
         sums.update(num_tokens=float(batch.num_real_tokens), num_slots=float(batch.num_slots))
         return MicroBatchOutput(result.losses.sum(), sums)
 
     def _start_step(self, model: nn.Module) -> None:
-        """z0 of the step's global batch, and the reference log-probs of this rank's examples."""
+        """z0 of the step's global batch, and the reference log-probs of this rank's rows."""
         offset = self.rows.offsets[tuple(self._step_ids)]
         rows = list(range(offset, offset + len(self._step_ids)))
         kl_log_ratios = torch.zeros(len(rows), dtype=torch.float64)
         self._reference_logps = {}
         for batch_rows in rank_micro_batches(rows, self.info.rank, self.info.world_size, self.micro_batch_size):
-            scored = score_pairs(model, self.pairs.train, batch_rows, self.pair_collate, self.train_reference,
+            scored = score_pairs(model, self.pairs.train, batch_rows, self.collate, self.train_reference,
                                  self.info.device)
             for row, kl, reference in zip(batch_rows, scored.kl_log_ratios.tolist(), scored.reference_logps.tolist()):
                 kl_log_ratios[row - offset] = kl
-                self._reference_logps[self.pairs.train.own[row]] = reference
+                self._reference_logps[row] = reference
         # Every position is filled by exactly one rank: the sum is the whole batch's vector.
         kl_log_ratios = dist_utils.all_reduce_tensor_sum(kl_log_ratios.to(self.info.device), self.info).cpu()
         self._reference_point = kto_reference_point(kl_log_ratios.float())
@@ -187,7 +192,7 @@ class KTOTask:
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         if not len(self.data.test):
             return {}
-        return evaluate_kto(model, self.pairs.test, torch.as_tensor(self.data.test.desirable()), self.pair_collate,
+        return evaluate_kto(model, self.pairs.test, torch.as_tensor(self.data.test.desirable()), self.collate,
                             self.test_reference, self.settings, self.micro_batch_size, self.info)
 
 

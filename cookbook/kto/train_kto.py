@@ -34,7 +34,6 @@ from cookbook.preference.reference import (
     model_fingerprint,
     prepare_reference,
 )
-from cookbook.supervised.batching import make_supervised_collate
 from cookbook.training.config import TrainingConfig
 from cookbook.training.logprobs import SequenceLogprobModel
 from cookbook.training.loop import Run, run_recipe
@@ -56,8 +55,8 @@ class Config(TrainingConfig):
     desirable_weight: float = chz.field(default=1.0, doc="w_d: weight of a desirable example's loss")
     undesirable_weight: float = chz.field(default=1.0, doc="w_u: weight of an undesirable example's loss")
     layout: Layout = chz.field(
-        default="auto", doc="Layout of the scoring pass (own + mismatched completion): auto, padded, packed or "
-                            "prefix_shared (prompt run once); the trained pass packs unless padded"
+        default="auto", doc="Batch layout of each example's own and mismatched sequence: auto, padded, packed "
+                            "(no padding) or prefix_shared (prompt run once)"
     )
     reference_model_name: str | None = chz.field(
         default=None, doc="Reference model; default: the starting policy (load_checkpoint_path or model_name)"
@@ -104,10 +103,8 @@ def _train(config: Config, run: Run) -> Path | None:
     schedule = run.schedule(len(data.train))
 
     causal_lm = run.load_model(run.model_source(start_name), packed_rows=config.layout != "padded")
-    pair_layout = make_collate(config.layout, tokenizer.pad_token_id, causal_lm)
-    sequence_layout = make_supervised_collate("padded" if pair_layout.name == "padded" else "packed",
-                                              tokenizer.pad_token_id, causal_lm)
-    console.print(f"Batch layout: {pair_layout.name} (scoring), {sequence_layout.name} (training)")
+    layout = make_collate(config.layout, tokenizer.pad_token_id, causal_lm)
+    console.print(f"Batch layout: {layout.name}")
     model = SequenceLogprobModel(causal_lm, compute_context=run.plan.autocast)
     start_fingerprint = model_fingerprint(model)
     policy = run.wrap(model, causal_lm)
@@ -116,9 +113,8 @@ def _train(config: Config, run: Run) -> Path | None:
     pairs = KLPairData(rows.pairs, held_out_pairs(data.test, config.max_length),
                        fingerprint=hashlib.sha256(f"{data.fingerprint}|{schedule_key}".encode()).hexdigest())
     reference = prepare_reference(run, policy, start_fingerprint, reference_name, start_name, data=pairs,
-                                  collate=pair_layout.collate, train_batches=rows.batches)
-    task = KTOTask(config.kto_settings, data, rows, pairs, pair_layout.collate, sequence_layout.collate, reference,
-                   info, config.micro_batch_size)
+                                  collate=layout.collate, train_batches=rows.batches)
+    task = KTOTask(config.kto_settings, data, rows, pairs, layout.collate, reference, info, config.micro_batch_size)
     metadata = {"renderer_name": run.renderer_name, "base_model_name": start_name,
                 "reference_model_name": reference_name}
     return run.train(policy, causal_lm, task, schedule, tokenizer, metadata, start_metrics=data.summary.as_metrics())
