@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/quickstarts.py                       # DPO, SFT, DPO after SFT, and the comparison
     .venv/bin/python benchmarks/quickstarts.py --runs dpo,sft,dpo_after_sft,on_policy
+    .venv/bin/python benchmarks/quickstarts.py --runs kto --json-out benchmarks/results/quickstart_kto.json
 
 Each quickstart runs its recipe's README command (defaults, `display=plain`) in its own process at
 `--threads` torch threads (default 1), so its CPU-seconds and peak RSS (`os.wait4`) are its own:
@@ -35,6 +36,7 @@ RUNS = {
     "sft": ("cookbook.recipes.sft.train", []),
     "dpo_after_sft": ("cookbook.recipes.preference.train", ["model_name={out}/sft/final"]),
     "on_policy": ("cookbook.recipes.preference.on_policy", []),
+    "kto": ("cookbook.recipes.preference.kto", []),
 }
 
 
@@ -100,7 +102,8 @@ def format_table(rows: list[dict]) -> str:
              "|---|---:|---:|---:|---:|---|---|"]
     for row in rows:
         start, end = row["held_out_start"] or {}, row["held_out_end"] or {}
-        keys = [k for k in ("test/accuracy", "test/dpo_loss", "test/margin", "test/nll") if k in end]
+        keys = [k for k in ("test/accuracy", "test/dpo_loss", "test/margin", "test/nll", "test/loss",
+                            "test/reward_margin") if k in end]
         lines.append(f"| {row['name']} | {row['steps']} | {row['cpu_s']:,.0f} | {row['wall_s']:,.0f} | "
                      f"{row['peak_rss_gib']:.2f} | " + ", ".join(f"{k} {start.get(k, float('nan')):.3f}" for k in keys)
                      + " | " + ", ".join(f"{k} {end[k]:.3f}" for k in keys) + " |")

@@ -14,7 +14,8 @@ def test_the_package_has_the_expected_areas():
     for area in ("cookbook.models", "cookbook.renderers", "cookbook.datasets", "cookbook.preference.train_dpo", "cookbook.supervised.train_sft",
                  "cookbook.on_policy.train_on_policy", "cookbook.rl.train_rl", "cookbook.reward_model.train_reward_model",
                  "cookbook.recipes.reward_model.train", "cookbook.recipes.rl.train", "cookbook.registry",
-                 "cookbook.eval.run_inspect_evals", "cookbook.recipes.preference.train", "cookbook.training.distributed"):
+                 "cookbook.eval.run_inspect_evals", "cookbook.recipes.preference.train", "cookbook.kto.train_kto", "cookbook.recipes.preference.kto", "cookbook.datasets.unpaired",
+                 "cookbook.training.distributed"):
         assert area in MODULES
 
 

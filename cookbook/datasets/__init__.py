@@ -7,7 +7,8 @@
 - `files.py`: the one reader of local JSONL, JSON and Parquet files, errors naming file and line;
 - `builder.py`: what every builder shares (splits, skips, deduplication, shuffling);
 - `preference.py`, `supervised.py`: each kind's item, builder base, file builder and `dataset=` family
-  (`PREFERENCE_DATASETS`, `SUPERVISED_DATASETS`); `hub.py`: the hub sets of both kinds;
+  (`PREFERENCE_DATASETS`, `SUPERVISED_DATASETS`); `unpaired.py` the same for KTO's unpaired
+  feedback (`UNPAIRED_DATASETS`); `hub.py`: the hub sets of both kinds;
 - `tokenize.py`: items to tokens through the renderer, and `load_*_data`; `summary.py`: what was kept.
 
 Builders are chz classes chosen on the command line by name (`dataset=hhh`, `dataset=prefs.jsonl`,

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from cookbook.datasets.builder import builder_options
-from cookbook.datasets.tokenize import SupervisedSequence, TokenizedPair, TokenizedSequence
+from cookbook.datasets.tokenize import SupervisedSequence, TokenizedPair, TokenizedSequence, TokenizedUnpaired
 from cookbook.models import cache_dir
 
 CACHE_VARIABLE = "COOKBOOK_DATA_CACHE"
@@ -45,7 +45,11 @@ PAIR_ARRAYS = {"prompt": np.int32, "chosen": np.int32, "chosen_weights": np.uint
                "rejected_offsets": np.int64, "truncated": np.uint8, "margin": np.float32}  # margin: NaN = none
 SEQUENCE_ARRAYS = {"tokens": np.int32, "weights": np.uint8, "offsets": np.int64, "truncated": np.uint8}
 PROMPT_ARRAYS = {"tokens": np.int32, "offsets": np.int64}  # generation prompts of the on-policy recipes
-KIND_ARRAYS = {"pairs": PAIR_ARRAYS, "sequences": SEQUENCE_ARRAYS, "prompts": PROMPT_ARRAYS}
+UNPAIRED_ARRAYS = {"prompt": np.int32, "completion": np.int32, "completion_weights": np.uint8,
+                   "prompt_offsets": np.int64, "completion_offsets": np.int64, "desirable": np.uint8,
+                   "truncated": np.uint8}
+KIND_ARRAYS = {"pairs": PAIR_ARRAYS, "sequences": SEQUENCE_ARRAYS, "prompts": PROMPT_ARRAYS,
+               "unpaired": UNPAIRED_ARRAYS}
 # The code whose change changes the tokens a set holds: its source is part of the key.
 TOKENIZING_MODULES = ("cookbook.datasets.builder", "cookbook.datasets.tokenize", "cookbook.datasets.cache",
                       "cookbook.datasets.load", "cookbook.renderers.base")
@@ -262,6 +266,22 @@ class SequenceSet(_ArraySet):
         start, stop = a["offsets"][item], a["offsets"][item + 1]
         return SupervisedSequence(a["tokens"][start:stop].tolist(), a["weights"][start:stop].astype(np.float32).tolist(),
                                   bool(a["truncated"][item]))
+
+
+class UnpairedSet(_ArraySet):
+    """The unpaired examples of one split (TokenizedUnpaired)."""
+
+    def _item(self, item: int) -> TokenizedUnpaired:
+        a = self.arrays
+        prompt = a["prompt"][a["prompt_offsets"][item]:a["prompt_offsets"][item + 1]].tolist()
+        start, stop = a["completion_offsets"][item], a["completion_offsets"][item + 1]
+        weights = a["completion_weights"][start:stop].astype(np.float32).tolist()
+        sequence = TokenizedSequence(prompt + a["completion"][start:stop].tolist(), [0.0] * len(prompt) + weights)
+        return TokenizedUnpaired(sequence, len(prompt), bool(a["desirable"][item]), bool(a["truncated"][item]))
+
+    def desirable(self) -> np.ndarray:
+        """Whether each example of the split is desirable, in split order (bool [n])."""
+        return self.arrays["desirable"][self.index].astype(bool)
 
 
 class TokenListSet(_ArraySet):

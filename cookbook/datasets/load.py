@@ -2,6 +2,7 @@
 
     data = load_preference_data(config.dataset, renderer, max_length=config.max_length, console=console)
     data = load_supervised_data(config.dataset, renderer, config.max_length, config.train_on, console=console)
+    data = load_unpaired_data(config.dataset, renderer, config.max_length, console=console)   # KTO
     train, test = data.train, data.test        # sequences of TokenizedPair / SupervisedSequence
     prompt_tokens, note = load_prompt_tokens([item.messages for item in prompts], renderer)  # on-policy
     log_metrics(data.summary.as_metrics(), step=0)
@@ -40,16 +41,22 @@ from cookbook.datasets.summary import (
     LengthStats,
     SequenceLengthStats,
     SupervisedDataSummary,
+    UnpairedDataSummary,
+    UnpairedLengthStats,
     print_summary,
     print_supervised_summary,
+    print_unpaired_summary,
 )
 from cookbook.datasets.supervised import NoUsableExamplesError, SupervisedDatasetBuilder
 from cookbook.datasets.tokenize import (
     SupervisedSequence,
     TokenizedPair,
+    TokenizedUnpaired,
     tokenize_comparisons,
     tokenize_conversations,
+    tokenize_unpaired,
 )
+from cookbook.datasets.unpaired import NoUsableFeedbackError, UnpairedDatasetBuilder
 from cookbook.renderers.base import TrainOn
 
 CHUNK = 2048  # items per batched tokenizer call
@@ -111,6 +118,37 @@ def load_supervised_data(builder: SupervisedDatasetBuilder, renderer, max_length
                           summary, fingerprint=_fingerprint(key, arrays, splits), cache_note=note)
     if verbose:
         print_supervised_summary(summary, console, note=note)
+    return data
+
+
+@dataclass(frozen=True)
+class UnpairedData:
+    train: Sequence[TokenizedUnpaired]  # a cache.UnpairedSet
+    test: Sequence[TokenizedUnpaired]
+    summary: UnpairedDataSummary
+    fingerprint: str = ""
+    cache_note: str = ""
+
+
+def load_unpaired_data(builder: UnpairedDatasetBuilder, renderer, max_length: int | None, *, verbose: bool = True,
+                       console: Console | None = None) -> UnpairedData:
+    """Build, tokenize and summarize an unpaired feedback data set (see the module docstring)."""
+    if max_length is not None and max_length < 1:
+        raise ValueError(f"max_length must be a positive number of tokens or None, got {max_length}")
+    key = cache.data_key("unpaired", builder, renderer, max_length)
+    stored = cache.open_store("unpaired", key)
+    if stored is not None:
+        arrays, splits, meta = stored
+        values = meta["summary"]
+        summary = UnpairedDataSummary(**{**values, "train_lengths": UnpairedLengthStats(**values["train_lengths"]),
+                                         "test_lengths": UnpairedLengthStats(**values["test_lengths"])})
+        note = f"cached tokens, read from {cache.cache_root()}"
+    else:
+        arrays, splits, summary, note = _build_unpaired(builder, renderer, max_length, key)
+    data = UnpairedData(cache.UnpairedSet(arrays, splits["train"]), cache.UnpairedSet(arrays, splits["test"]),
+                        summary, fingerprint=_fingerprint(key, arrays, splits), cache_note=note)
+    if verbose:
+        print_unpaired_summary(summary, console, note=note)
     return data
 
 
@@ -247,6 +285,49 @@ def _build_sequences(builder, renderer, max_length, train_on, key):
     return _read_back(writer, directory, cache.SEQUENCE_ARRAYS, summary, key)
 
 
+def _build_unpaired(builder, renderer, max_length, key):
+    writer = cache.StoreWriter("unpaired", cache.UNPAIRED_ARRAYS, key)
+    try:
+        def append(results: list) -> None:
+            columns: dict[str, list] = {name: [] for name in cache.UNPAIRED_ARRAYS}
+            lengths = {name: writer.lengths[name] for name in ("prompt", "completion")}
+            for result in results:
+                ok = not isinstance(result, Skip)
+                prompt_length = result.prompt_length if ok else 0
+                if ok:
+                    columns["prompt"] += result.sequence.tokens[:prompt_length]
+                    columns["completion"] += result.sequence.tokens[prompt_length:]
+                    columns["completion_weights"] += result.sequence.weights[prompt_length:]
+                    lengths["completion"] += result.completion_length
+                lengths["prompt"] += prompt_length
+                columns["prompt_offsets"].append(lengths["prompt"])
+                columns["completion_offsets"].append(lengths["completion"])
+                columns["desirable"].append(ok and result.desirable)
+                columns["truncated"].append(ok and result.truncated)
+            for name, values in columns.items():
+                writer.write(name, values)
+
+        splits, chunked = _tokenize_stream(
+            builder, lambda items: tokenize_unpaired(items, renderer, max_length), append)
+        train, test, skipped = _account(splits, chunked.skips, "example")
+        if not len(train):
+            raise NoUsableFeedbackError(f"{builder.name()}: no training example fits max_length={max_length}. "
+                                        f"Skipped rows: {skipped.describe()}")
+        arrays = _closed_arrays(writer)
+        arrays["desirable"] = np.fromfile(writer.directory / "desirable.bin", dtype=np.uint8)
+        summary = UnpairedDataSummary(
+            name=builder.name(), rows_read=dict(splits.rows_read), train_examples=len(train), test_examples=len(test),
+            train_desirable=int(arrays["desirable"][train].sum()), test_desirable=int(arrays["desirable"][test].sum()),
+            skipped=dict(skipped.counts), skip_examples=dict(skipped.examples), unused_examples=splits.unused_examples,
+            truncated_examples=int(arrays["truncated"][np.concatenate([train, test])].sum()), max_length=max_length,
+            train_lengths=_unpaired_lengths(arrays, train), test_lengths=_unpaired_lengths(arrays, test))
+        directory = writer.finish({"summary": asdict(summary)}, {"train": train, "test": test})
+    except BaseException:
+        writer.abandon()
+        raise
+    return _read_back(writer, directory, cache.UNPAIRED_ARRAYS, summary, key)
+
+
 def load_prompt_tokens(conversations: Sequence[Sequence[dict]], renderer) -> tuple[cache.TokenListSet, str]:
     """The generation-prompt tokens of each conversation, in order, memory-mapped, and a note saying
     whether the cache had them. Tokenized in chunks of batched calls and cached like the data sets,
@@ -323,6 +404,14 @@ def _pair_lengths(arrays: dict[str, np.ndarray], index: np.ndarray) -> LengthSta
     lengths = [np.diff(arrays[f"{side}_offsets"])[index] for side in ("prompt", "chosen", "rejected")]
     stats = [(int(values.sum()) / len(values), int(values.max())) for values in lengths]
     return LengthStats(*(value for pair in stats for value in pair))
+
+
+def _unpaired_lengths(arrays: dict[str, np.ndarray], index: np.ndarray) -> UnpairedLengthStats:
+    if not len(index):
+        return UnpairedLengthStats()
+    prompt, completion = (np.diff(arrays[f"{side}_offsets"])[index] for side in ("prompt", "completion"))
+    return UnpairedLengthStats(int(prompt.sum()) / len(prompt), int(prompt.max()),
+                               int(completion.sum()) / len(completion), int(completion.max()))
 
 
 def _sequence_lengths(arrays: dict[str, np.ndarray], index: np.ndarray) -> SequenceLengthStats:

@@ -188,6 +188,67 @@ def print_supervised_summary(summary: SupervisedDataSummary, console: Console | 
     console.print(lengths)
 
 
+@dataclass(frozen=True)
+class UnpairedLengthStats:
+    """Token counts of one split's unpaired examples: the prompt, and the completion after any cut."""
+
+    prompt_mean: float = 0.0
+    prompt_max: int = 0
+    completion_mean: float = 0.0
+    completion_max: int = 0
+
+
+@dataclass(frozen=True)
+class UnpairedDataSummary:
+    name: str
+    rows_read: dict[str, int]  # per source split
+    train_examples: int
+    test_examples: int
+    train_desirable: int  # of train_examples, how many are desirable
+    test_desirable: int
+    skipped: dict[str, int]  # reason -> rows (all splits; building and tokenizing)
+    skip_examples: dict[str, str] = field(default_factory=dict)
+    unused_examples: int = 0  # usable examples left out by max_examples / test_size
+    truncated_examples: int = 0  # kept examples whose completion max_length cut
+    max_length: int | None = None
+    train_lengths: UnpairedLengthStats = field(default_factory=UnpairedLengthStats)
+    test_lengths: UnpairedLengthStats = field(default_factory=UnpairedLengthStats)
+
+    def as_metrics(self) -> dict[str, float]:
+        metrics = count_metrics(
+            self.rows_read,
+            {"train_examples": self.train_examples, "test_examples": self.test_examples,
+             "train_desirable": self.train_desirable, "test_desirable": self.test_desirable,
+             "unused_examples": self.unused_examples, "truncated_examples": self.truncated_examples},
+            self.skipped,
+        )
+        for split, stats in (("train", self.train_lengths), ("test", self.test_lengths)):
+            for side in ("prompt", "completion"):
+                metrics[f"data/{split}/{side}_tokens_mean"] = getattr(stats, f"{side}_mean")
+                metrics[f"data/{split}/{side}_tokens_max"] = getattr(stats, f"{side}_max")
+        return metrics
+
+
+def print_unpaired_summary(summary: UnpairedDataSummary, console: Console | None = None, note: str = "") -> None:
+    """Rows read, examples kept (desirable / undesirable), skips by reason and token lengths."""
+    console = console or Console()
+    counts = counts_table(f"Unpaired data: {summary.name}", summary.rows_read, note)
+    for split in ("train", "test"):
+        total, desirable = getattr(summary, f"{split}_examples"), getattr(summary, f"{split}_desirable")
+        counts.add_row(f"{split} examples", f"{total:,}", f"{desirable:,} desirable, {total - desirable:,} undesirable")
+    if summary.unused_examples:
+        counts.add_row("unused examples", f"{summary.unused_examples:,}", "left out by max_examples / test_size")
+    if summary.truncated_examples:
+        counts.add_row("truncated", f"{summary.truncated_examples:,}", f"completion cut to max_length={summary.max_length}")
+    add_skip_rows(counts, summary.skipped, summary.skip_examples)
+    console.print(counts)
+    lengths = lengths_table("Tokens per example (mean / max)", ("prompt", "completion"))
+    for split, stats in (("train", summary.train_lengths), ("test", summary.test_lengths)):
+        lengths.add_row(split, *(f"{getattr(stats, f'{side}_mean'):.1f} / {getattr(stats, f'{side}_max')}"
+                                 for side in ("prompt", "completion")))
+    console.print(lengths)
+
+
 def print_supervised_example(console: Console, tokenizer, sequence) -> None:
     """One tokenized training example, its trained tokens highlighted."""
     text = weighted_tokens_text(tokenizer, sequence.tokens, sequence.weights)

@@ -1,5 +1,6 @@
 """Items to tokens through the renderer: a `TokenizedPair` per preference pair, a
-`SupervisedSequence` per conversation, or the `Skip` that says why not.
+`SupervisedSequence` per conversation, a `TokenizedUnpaired` per unpaired example, or the `Skip`
+that says why not.
 
 `tokenize_comparisons` and `tokenize_conversations` do many at once: every item's runs of text
 (`Renderer.*_runs`) go through one batched call of the fast tokenizer, each distinct text once (a
@@ -21,6 +22,9 @@ of the last assistant message (`train_on=last_assistant`) or of every one (`all_
 one than `max_length` is cut from its end and counted as truncated (the start is kept: a reply
 without the question it answers teaches the wrong thing); one with no trained token left is
 dropped as `too_long`.
+
+An unpaired example (`TokenizedUnpaired`): `build_generation_prompt(prompt) + completion`, weight 1
+on the completion's reply tokens, cut and dropped like one side of a pair.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from dataclasses import dataclass
 from cookbook.datasets.builder import Skip
 from cookbook.datasets.preference import Comparison
 from cookbook.datasets.supervised import Conversation
+from cookbook.datasets.unpaired import UnpairedExample
 from cookbook.renderers.base import RenderedExample, TrainOn
 
 MIN_COMPLETION_TOKENS = 8
@@ -155,6 +160,55 @@ def _cut(tokens: list[int], weights: list[float], max_length: int | None) -> Tok
     if max_length is None:
         return TokenizedSequence(list(tokens), list(weights))
     return TokenizedSequence(list(tokens[:max_length]), list(weights[:max_length]))
+
+
+@dataclass(frozen=True)
+class TokenizedUnpaired:
+    """An unpaired example as tokens: `sequence.tokens[:prompt_length]` is the prompt."""
+
+    sequence: TokenizedSequence
+    prompt_length: int
+    desirable: bool
+    truncated: bool = False
+
+    @property
+    def completion_length(self) -> int:
+        return len(self.sequence) - self.prompt_length
+
+
+# -- unpaired examples -----------------------------------------------------------------------------
+
+
+def tokenize_unpaired(examples: Sequence[UnpairedExample], renderer, max_length: int | None) -> list[TokenizedUnpaired | Skip]:
+    """Each example's tokens (or a `too_long` / `malformed` Skip), in one batched tokenizer call."""
+    runs: list = []
+    for example in examples:
+        try:
+            runs.append((renderer.generation_prompt_runs(example.prompt),
+                         renderer.completion_runs(example.prompt, example.completion)))
+        except ValueError as error:
+            runs.append(Skip("malformed", f"renderer: {error}"))
+    encoded = iter(renderer.encode_runs([r for item in runs if not isinstance(item, Skip) for r in item]))
+    results: list[TokenizedUnpaired | Skip] = []
+    for example, item in zip(examples, runs):
+        if isinstance(item, Skip):
+            results.append(item)
+            continue
+        prompt, full = next(encoded), next(encoded)
+        try:
+            renderer.check_prompt_prefix(prompt.tokens, full)
+        except ValueError as error:
+            results.append(Skip("malformed", f"renderer: {error}"))
+            continue
+        prompt_length = len(prompt.tokens)
+        if max_length is not None and max_length - prompt_length < MIN_COMPLETION_TOKENS:
+            results.append(Skip("too_long", f"prompt is {prompt_length} tokens; max_length={max_length} leaves "
+                                            f"{max_length - prompt_length} for the completion (need >= {MIN_COMPLETION_TOKENS})"))
+            continue
+        truncated = max_length is not None and len(full.tokens) > max_length
+        results.append(TokenizedUnpaired(_cut(full.tokens, full.weights, max_length), prompt_length,
+                                         example.desirable, truncated))
+    return results
 
 
 # -- conversations ---------------------------------------------------------------------------------

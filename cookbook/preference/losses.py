@@ -10,6 +10,12 @@ losses and turns the rewards into metrics.
     simpo  -log sigma(beta*(pi_c/|c| - pi_r/|r|) - gamma)            (reference-free)
     orpo   -pi_c/|c| - beta * log sigma(log odds(c) - log odds(r)),  odds(y) = p/(1-p), p = exp(pi_y/|y|)
     nll_weight > 0 adds nll_weight * (-pi_c/|c|) to any of them (RPO-style).
+
+KTO (unpaired feedback) has its own function, since its examples are single completions with a
+label: with r = pi(y|x) - ref(y|x) and the reference point z0 (`kto_reference_point`),
+
+    kto    w_d * (1 - sigma(beta*(r - z0)))  for a desirable completion,
+           w_u * (1 - sigma(beta*(z0 - r)))  for an undesirable one.
 """
 
 from __future__ import annotations
@@ -123,3 +129,55 @@ def preference_loss(
         chosen_nll = -logps.chosen_logps / logps.chosen_lengths.clamp(min=1)
         result = PreferenceLoss(result.losses + nll_weight * chosen_nll, result.chosen_rewards, result.rejected_rewards)
     return result
+
+
+# -- KTO --------------------------------------------------------------------------------------------
+
+# The KTO paper recommends (w_d * n_d) / (w_u * n_u) in [1, 4/3]; outside this wider band the run
+# is told once (a ratio far off starves one side of the gradient).
+KTO_BALANCE_WARN_RANGE: tuple[float, float] = (0.5, 2.0)
+
+
+@dataclass(frozen=True)
+class KTOLoss:
+    losses: Tensor  # [N]
+    rewards: Tensor  # [N] beta * r, detached
+
+
+def kto_reference_point(kl_log_ratios: Tensor) -> Tensor:
+    """z0 = max(0, mean(kl_log_ratios)), detached, in fp32: the KL estimate, where kl_log_ratios [K]
+    is log pi(y'|x) - log ref(y'|x) of mismatched sequences (a prompt, another example's completion)."""
+    return kl_log_ratios.detach().float().mean().clamp(min=0)
+
+
+def kto_loss(logps: Tensor, reference_logps: Tensor, desirable: Tensor, reference_point: Tensor | float,
+             beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> KTOLoss:
+    """Per-example KTO losses (see the module docstring). `logps`, `reference_logps`: [N] summed
+    log-probs of each completion; `desirable`: bool [N]; `reference_point`: z0, a scalar."""
+    log_ratio = logps.float() - reference_logps.float()
+    z0 = torch.as_tensor(reference_point, dtype=torch.float32, device=log_ratio.device).detach()
+    desirable = desirable.to(device=log_ratio.device, dtype=torch.bool)
+    desirable_losses = desirable_weight * (1 - torch.sigmoid(beta * (log_ratio - z0)))
+    undesirable_losses = undesirable_weight * (1 - torch.sigmoid(beta * (z0 - log_ratio)))
+    losses = torch.where(desirable, desirable_losses, undesirable_losses)
+    return KTOLoss(losses, beta * log_ratio.detach())
+
+
+def kto_balance(num_desirable: int, num_undesirable: int, desirable_weight: float,
+                undesirable_weight: float) -> float:
+    """(w_d * n_d) / (w_u * n_u): how much the desirable side weighs against the undesirable one."""
+    if num_undesirable == 0 or undesirable_weight == 0:
+        return float("inf")
+    return (desirable_weight * num_desirable) / (undesirable_weight * num_undesirable)
+
+
+def kto_balance_warning(num_desirable: int, num_undesirable: int, desirable_weight: float,
+                        undesirable_weight: float) -> str | None:
+    """A one-line warning when `kto_balance` is far outside the paper's [1, 4/3]; None otherwise."""
+    ratio = kto_balance(num_desirable, num_undesirable, desirable_weight, undesirable_weight)
+    low, high = KTO_BALANCE_WARN_RANGE
+    if low <= ratio <= high:
+        return None
+    return (f"desirable_weight * desirable / (undesirable_weight * undesirable) = {desirable_weight:g} * "
+            f"{num_desirable:,} / ({undesirable_weight:g} * {num_undesirable:,}) = {ratio:.3g}, far outside the "
+            "KTO paper's recommended [1, 4/3]; set desirable_weight / undesirable_weight to bring it inside")

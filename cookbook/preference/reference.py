@@ -203,14 +203,14 @@ def prepare_reference(run, policy: torch.nn.Module, policy_fingerprint: str, ref
                       data, collate, train_batches: list[list[int]]) -> ReferenceSource:
     """Reference log-probs for the pairs of this rank's `train_batches` (the micro-batches the run
     will train on, in order) and all test pairs, from the cache when it has them; or a frozen
-    model run in every step when not precomputing.
+    model run in every step when not precomputing. `data` has `train` and `test` sequences of
+    `TokenizedPair`s (KTO hands its examples as (own completion, mismatched completion) pairs);
+    `run.config` the `precompute_reference` option.
 
     When the reference is the starting policy, the policy itself (before any update, wrapped for
     DDP/FSDP and under the run's precision) computes them, so at step 0 policy and reference agree
     exactly in every precision and layout."""
     config, info, console = run.config, run.info, run.console
-    if not config.loss_settings.needs_reference:
-        return ReferenceSource()
     adapters_off = run.lora.adapters_off if run.lora is not None and reference_name == start_name else None
     reuse_policy = reference_name == start_name and not run.resumed
     batches = {"train": train_batches,

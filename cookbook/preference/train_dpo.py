@@ -27,6 +27,7 @@ from cookbook.preference.evaluation import evaluate_pairs
 from cookbook.preference.reference import (
     AUTO_PRECOMPUTE_MAX_PAIRS,
     PrecomputeReference,
+    ReferenceSource,
     model_fingerprint,
     prepare_reference,
 )
@@ -78,8 +79,9 @@ def _train(config: Config, run: Run) -> Path | None:
     model = SequenceLogprobModel(causal_lm, compute_context=run.plan.autocast)
     start_fingerprint = model_fingerprint(model)  # of the whole weights, before FSDP shards them
     policy = run.wrap(model, causal_lm)
-    reference = prepare_reference(run, policy, start_fingerprint, reference_name, start_name, data=data,
-                                  collate=layout.collate, train_batches=schedule.all_micro_batches())
+    reference = (prepare_reference(run, policy, start_fingerprint, reference_name, start_name, data=data,
+                                   collate=layout.collate, train_batches=schedule.all_micro_batches())
+                 if config.loss_settings.needs_reference else ReferenceSource())
     task = PreferenceTask(config, run, layout.collate, data, reference)
     metadata = {"renderer_name": run.renderer_name, "base_model_name": start_name,
                 "reference_model_name": reference_name}
