@@ -37,6 +37,7 @@ RUNS = {
     "dpo_after_sft": ("cookbook.recipes.preference.train", ["model_name={out}/sft/final"]),
     "on_policy": ("cookbook.recipes.preference.on_policy", []),
     "kto": ("cookbook.recipes.preference.kto", []),
+    "reward_model": ("cookbook.recipes.reward_model.train", []),
 }
 
 
