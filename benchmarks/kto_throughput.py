@@ -156,7 +156,6 @@ def run_ours(args, spec: Spec) -> RunResult:
 def run_trl(args, spec: Spec) -> RunResult:
     import datasets
     import torch
-    from transformers import TrainerCallback
     from trl import KTOConfig, KTOTrainer
 
     from cookbook.datasets.unpaired import UNPAIRED_DATASETS
@@ -175,22 +174,9 @@ def run_trl(args, spec: Spec) -> RunResult:
     rows = [{"prompt": examples[i].prompt, "completion": examples[i].completion, "label": examples[i].desirable}
             for i in order]
 
-    class StepClock(TrainerCallback):
-        """From one step's end to the next: both sides' timings include collating the step's batches."""
+    from run_record import trl_step_clock
 
-        def __init__(self):
-            self.wall, self.cpu = [], []
-
-        def on_train_begin(self, *_, **__):
-            self.last, self.last_cpu = time.perf_counter(), time.process_time()
-
-        def on_step_end(self, *_, **__):
-            now, now_cpu = time.perf_counter(), time.process_time()
-            self.wall.append(now - self.last)
-            self.cpu.append(now_cpu - self.last_cpu)
-            self.last, self.last_cpu = now, now_cpu
-
-    clock = StepClock()
+    clock = trl_step_clock()
     with tempfile.TemporaryDirectory() as output_dir:
         config = KTOConfig(
             output_dir=output_dir, per_device_train_batch_size=args.micro_batch_size,

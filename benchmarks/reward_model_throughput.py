@@ -156,7 +156,7 @@ def run_ours(args, spec: Spec) -> RunResult:
 def run_trl(args, spec: Spec) -> RunResult:
     import datasets
     import torch
-    from transformers import AutoModelForSequenceClassification, TrainerCallback
+    from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
     from cookbook.models import load_tokenizer, resolve_model_path
@@ -176,23 +176,9 @@ def run_trl(args, spec: Spec) -> RunResult:
     with torch.no_grad():
         model.score.weight.zero_()
 
-    class StepClock(TrainerCallback):
-        """Time from one step's end to the next (the trainer collates a step's batches before
-        `on_step_begin`; our step collates inside it, so both count that work)."""
+    from run_record import trl_step_clock
 
-        def __init__(self):
-            self.wall, self.cpu = [], []
-
-        def on_train_begin(self, *_, **__):
-            self.last, self.last_cpu = time.perf_counter(), time.process_time()
-
-        def on_step_end(self, *_, **__):
-            now, now_cpu = time.perf_counter(), time.process_time()
-            self.wall.append(now - self.last)
-            self.cpu.append(now_cpu - self.last_cpu)
-            self.last, self.last_cpu = now, now_cpu
-
-    clock = StepClock()
+    clock = trl_step_clock()
     with tempfile.TemporaryDirectory() as output_dir:
         config = RewardConfig(
             output_dir=output_dir, per_device_train_batch_size=args.micro_batch_size,

@@ -109,3 +109,25 @@ def _plain(value):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON-serializable: {type(value).__name__}")
+
+
+def trl_step_clock():
+    """A TRL `TrainerCallback` keeping each step's wall and CPU seconds (`.wall`, `.cpu`), from one
+    step's end to the next: the trainer fetches and collates a step's batches before
+    `on_step_begin`, and our steps collate inside them, so both sides count that work."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.wall, self.cpu = [], []
+
+        def on_train_begin(self, *_, **__):
+            self.last, self.last_cpu = time.perf_counter(), time.process_time()
+
+        def on_step_end(self, *_, **__):
+            now, now_cpu = time.perf_counter(), time.process_time()
+            self.wall.append(now - self.last)
+            self.cpu.append(now_cpu - self.last_cpu)
+            self.last, self.last_cpu = now, now_cpu
+
+    return StepClock()

@@ -223,7 +223,6 @@ def run_ours(args, spec: Spec) -> RunResult:
 
 def run_trl(args, spec: Spec) -> RunResult:
     import datasets
-    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     from cookbook.models import load_model_and_tokenizer
@@ -239,23 +238,9 @@ def run_trl(args, spec: Spec) -> RunResult:
     ours = tokenize_all(ordered, renderer, args.max_length)
     rows = [{"prompt": c.messages[:-1], "completion": c.messages[-1:]} for c in ordered]
 
-    class StepClock(TrainerCallback):
-        """Time from one step's end to the next: the trainer fetches and collates a step's batches
-        before `on_step_begin`, and our step collates inside it, so both count that work."""
+    from run_record import trl_step_clock
 
-        def __init__(self):
-            self.wall, self.cpu = [], []
-
-        def on_train_begin(self, *_, **__):
-            self.last, self.last_cpu = time.perf_counter(), time.process_time()
-
-        def on_step_end(self, *_, **__):
-            now, now_cpu = time.perf_counter(), time.process_time()
-            self.wall.append(now - self.last)
-            self.cpu.append(now_cpu - self.last_cpu)
-            self.last, self.last_cpu = now, now_cpu
-
-    clock = StepClock()
+    clock = trl_step_clock()
     with tempfile.TemporaryDirectory() as output_dir:
         config = SFTConfig(
             output_dir=output_dir,
