@@ -8,9 +8,10 @@ Each quickstart runs its recipe's README command (defaults, `display=plain`) in 
 `--threads` torch threads (default 1), so its CPU-seconds and peak RSS (`os.wait4`) are its own:
 model load, data, reference, steps, evals and checkpoints included. From its `metrics.jsonl` the
 record keeps the held-out metrics at step 0 and at the end and the last step's training metrics.
-With both DPO runs, `run_inspect_evals` compares DPO after SFT with DPO from the base model on the
-held-out preference pairs (the test half of the `cookbook/preference` task): both scores and the
-paired-bootstrap 95% interval of the difference.
+`run_inspect_evals` then scores on the held-out preference pairs (the test half of the
+`cookbook/preference` task) DPO after SFT beside DPO from the base model (with both DPO runs), and
+the KTO checkpoint beside the starting model (with `kto`): both scores and the paired-bootstrap 95%
+interval of the difference (`COMPARISONS`).
 
 The record goes to benchmarks/results/quickstarts.json (`--json-out`); any run that fails fails
 the invocation (exit 1, after writing what it has).
@@ -83,9 +84,17 @@ def _test_metrics(record: dict) -> dict:
     return {k: v for k, v in record.items() if k.startswith("test/") or k == "step"}
 
 
-def compare(out: Path, model: str, base: str, threads: int) -> dict:
+# record key -> (the run evaluated, what it is compared with: another run, or the starting model)
+COMPARISONS = {
+    "dpo_after_sft_vs_dpo": ("dpo_after_sft", "dpo", "DPO after SFT - DPO from the base"),
+    "kto_vs_start": ("kto", None, "KTO - the starting model"),
+}
+START_MODEL = "smollm2-135m-instruct"
+
+
+def compare(out: Path, model: str, base: str, threads: int, label: str) -> dict:
     """run_inspect_evals: `model` beside `base` on the held-out preference pairs."""
-    log_dir = out / "eval-dpo-after-sft"
+    log_dir = out / f"eval-{label}"
     command = [PYTHON, "-m", "cookbook.eval.run_inspect_evals", f"model_path={model}", f"compare_model_path={base}",
                "tasks=cookbook/preference", f"log_dir={log_dir}", f"num_threads={threads}", "display=plain"]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
@@ -134,16 +143,19 @@ def main(argv: list[str] | None = None) -> int:
         record["rows"].append(row)
         print(f"{name}: exit {row['returncode']}, {row['cpu_s']:.0f} CPU-s, {row['wall_s']:.0f} s", flush=True)
     finals = {row["name"]: row["final"] for row in record["rows"]}
-    if finals.get("dpo") and finals.get("dpo_after_sft"):
-        record["dpo_after_sft_vs_dpo"] = compare(args.out, finals["dpo_after_sft"], finals["dpo"], args.threads)
+    for key, (run, against, _) in COMPARISONS.items():
+        base = finals.get(against) if against else START_MODEL
+        if finals.get(run) and base:
+            record[key] = compare(args.out, finals[run], base, args.threads, key)
     record["table"] = format_table(record["rows"])
     print(record["table"])
-    for entry in record.get("dpo_after_sft_vs_dpo", {}).get("comparison", []):
-        print(f"- DPO after SFT - DPO from the base, {entry['metric']}: {entry['difference']:+.4f} "
-              f"[{entry['ci_low']:+.4f}, {entry['ci_high']:+.4f}] ({entry['samples']} pairs)")
+    for key, (_, _, what) in COMPARISONS.items():
+        for entry in record.get(key, {}).get("comparison", []):
+            print(f"- {what}, {entry['metric']}: {entry['difference']:+.4f} "
+                  f"[{entry['ci_low']:+.4f}, {entry['ci_high']:+.4f}] ({entry['samples']} pairs)")
     print(f"record: {finish_record(record, args.json_out)}")
     failed = [row["name"] for row in record["rows"] if row["returncode"] != 0]
-    if failed or "failed" in record.get("dpo_after_sft_vs_dpo", {}):
+    if failed or any("failed" in record.get(key, {}) for key in COMPARISONS):
         print(f"failed: {', '.join(failed) or 'the comparison'}", file=sys.stderr)
         return 1
     return 0
