@@ -39,6 +39,7 @@ RUNS = {
     "on_policy": ("cookbook.recipes.preference.on_policy", []),
     "kto": ("cookbook.recipes.preference.kto", []),
     "reward_model": ("cookbook.recipes.reward_model.train", []),
+    "rl": ("cookbook.recipes.rl.train", []),
 }
 
 

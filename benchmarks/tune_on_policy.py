@@ -1,18 +1,20 @@
-"""Choose the on-policy recipe's defaults on the dev half of the bundled IFEval prompts, and report
+"""Choose a sampling recipe's defaults on the dev half of the bundled IFEval prompts, and report
 the chosen one on the test half: one invocation, one record.
 
-    .venv/bin/python benchmarks/tune_on_policy.py                     # the variants below, then the best on test
+    .venv/bin/python benchmarks/tune_on_policy.py                     # on-policy: the variants below, then the best on test
     .venv/bin/python benchmarks/tune_on_policy.py --variant lr1e-5=learning_rate=1e-5 --variant default=
+    .venv/bin/python benchmarks/tune_on_policy.py --recipe rl         # the RL recipe's defaults, on dev and test
 
-Each variant is the on-policy quickstart (`python -m cookbook.recipes.preference.on_policy`, its
-defaults plus the variant's options) run in its own process at `--threads` torch threads, its CPU
+Each variant is the recipe's quickstart (`--recipe on_policy`: `python -m
+cookbook.recipes.preference.on_policy`; `--recipe rl`: `python -m cookbook.recipes.rl.train`), its
+defaults plus the variant's options, run in its own process at `--threads` torch threads, its CPU
 seconds and peak RSS its own (`os.wait4`, via `quickstarts.run_one`). Its final checkpoint is then
 scored beside the starting model by `run_inspect_evals compare_model_path=... ifeval_split=dev`
 (greedy; the paired-bootstrap 95% interval of the gain in prompt-level strict accuracy). The variant
 with the highest dev gain is evaluated once more, on the test half, which no choice saw; that is
 the figure to quote. Ties on dev keep the earlier variant (the defaults come first).
 
-The record goes to benchmarks/results/tune_on_policy.json (`--json-out`); a run or eval that fails
+The record goes to benchmarks/results/tune_<recipe>.json (`--json-out`); a run or eval that fails
 fails the invocation (exit 1, after writing what it has).
 """
 
@@ -31,11 +33,11 @@ from run_record import REPO, RESULTS_DIR, finish_record, start_record  # noqa: E
 
 PYTHON = sys.executable
 HEADLINE = "prompt_level_strict"
-# name -> options beyond the recipe's defaults; the defaults come first so that a tie keeps them.
+# recipe -> variant name -> options beyond the recipe's defaults; the defaults come first so that a
+# tie keeps them.
 VARIANTS = {
-    "default": [],
-    "lr1e-5": ["learning_rate=1e-5"],
-    "reference_initial": ["reference=initial"],
+    "on_policy": {"default": [], "lr1e-5": ["learning_rate=1e-5"], "reference_initial": ["reference=initial"]},
+    "rl": {"default": []},
 }
 
 
@@ -83,25 +85,28 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", choices=sorted(VARIANTS), default="on_policy")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=OPTIONS",
                         help="a variant to try (repeatable; replaces the built-in list)")
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "tune-on-policy")
+    parser.add_argument("--out", type=Path, default=None, help="default: runs/tune-<recipe>")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=7200, help="seconds per training run")
     parser.add_argument("--eval-max-tokens", type=int, default=512)
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="one more option for every variant (e.g. max_steps=1 for a smoke run)")
-    parser.add_argument("--json-out", type=Path, default=RESULTS_DIR / "tune_on_policy.json")
+    parser.add_argument("--json-out", type=Path, default=None, help="default: benchmarks/results/tune_<recipe>.json")
     args = parser.parse_args(argv)
-    variants = parse_variants(args.variant) if args.variant else VARIANTS
-    record = {**start_record(__file__, sys.argv[1:] if argv is None else argv), "threads": args.threads,
-              "variants": variants, "rows": []}
+    args.out = args.out or REPO / "runs" / f"tune-{args.recipe}"
+    args.json_out = args.json_out or RESULTS_DIR / f"tune_{args.recipe}.json"
+    variants = parse_variants(args.variant) if args.variant else VARIANTS[args.recipe]
+    record = {**start_record(__file__, sys.argv[1:] if argv is None else argv), "recipe": args.recipe,
+              "threads": args.threads, "variants": variants, "rows": []}
     failed = []
     for name, options in variants.items():
         out = args.out / name
         out.mkdir(parents=True, exist_ok=True)
         row = {"variant": name, "options": options,
-               **run_one("on_policy", out, args.threads, args.timeout, [*options, *args.option])}
+               **run_one(args.recipe, out, args.threads, args.timeout, [*options, *args.option])}
         if row["returncode"] == 0 and row["final"]:
             row["dev"] = evaluate(out, name, row["final"], "dev", args.threads, args.eval_max_tokens)
         if row["returncode"] != 0 or "gain" not in row.get("dev", {}):
