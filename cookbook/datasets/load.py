@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -86,13 +87,8 @@ def load_preference_data(builder: DPODatasetBuilder, renderer, max_length: int |
     if max_length is not None and max_length < 1:
         raise ValueError(f"max_length must be a positive number of tokens or None, got {max_length}")
     key = cache.data_key("pairs", builder, renderer, max_length)
-    stored = cache.open_store("pairs", key)
-    if stored is not None:
-        arrays, splits, meta = stored
-        summary = _preference_summary(meta["summary"])
-        note = f"cached tokens, read from {cache.cache_root()}"
-    else:
-        arrays, splits, summary, note = _build_pairs(builder, renderer, max_length, key)
+    arrays, splits, summary, note = _open_or_build(
+        "pairs", key, _preference_summary, lambda: _build_pairs(builder, renderer, max_length, key))
     data = PreferenceData(cache.PairSet(arrays, splits["train"]), cache.PairSet(arrays, splits["test"]), summary,
                           fingerprint=_fingerprint(key, arrays, splits), cache_note=note)
     if verbose:
@@ -107,13 +103,8 @@ def load_supervised_data(builder: SupervisedDatasetBuilder, renderer, max_length
     if max_length is not None and max_length < 2:
         raise ValueError(f"max_length must be at least 2 tokens or None, got {max_length}")
     key = cache.data_key("sequences", builder, renderer, max_length, train_on=train_on)
-    stored = cache.open_store("sequences", key)
-    if stored is not None:
-        arrays, splits, meta = stored
-        summary = _supervised_summary(meta["summary"])
-        note = f"cached tokens, read from {cache.cache_root()}"
-    else:
-        arrays, splits, summary, note = _build_sequences(builder, renderer, max_length, train_on, key)
+    arrays, splits, summary, note = _open_or_build(
+        "sequences", key, _supervised_summary, lambda: _build_sequences(builder, renderer, max_length, train_on, key))
     data = SupervisedData(cache.SequenceSet(arrays, splits["train"]), cache.SequenceSet(arrays, splits["test"]),
                           summary, fingerprint=_fingerprint(key, arrays, splits), cache_note=note)
     if verbose:
@@ -136,15 +127,8 @@ def load_unpaired_data(builder: UnpairedDatasetBuilder, renderer, max_length: in
     if max_length is not None and max_length < 1:
         raise ValueError(f"max_length must be a positive number of tokens or None, got {max_length}")
     key = cache.data_key("unpaired", builder, renderer, max_length)
-    stored = cache.open_store("unpaired", key)
-    if stored is not None:
-        arrays, splits, meta = stored
-        values = meta["summary"]
-        summary = UnpairedDataSummary(**{**values, "train_lengths": UnpairedLengthStats(**values["train_lengths"]),
-                                         "test_lengths": UnpairedLengthStats(**values["test_lengths"])})
-        note = f"cached tokens, read from {cache.cache_root()}"
-    else:
-        arrays, splits, summary, note = _build_unpaired(builder, renderer, max_length, key)
+    arrays, splits, summary, note = _open_or_build(
+        "unpaired", key, _unpaired_summary, lambda: _build_unpaired(builder, renderer, max_length, key))
     data = UnpairedData(cache.UnpairedSet(arrays, splits["train"]), cache.UnpairedSet(arrays, splits["test"]),
                         summary, fingerprint=_fingerprint(key, arrays, splits), cache_note=note)
     if verbose:
@@ -442,6 +426,16 @@ def _uncached_note(key: str | None) -> str:
             "tokenized now, not cached: this builder names no source_fingerprint() for its data")
 
 
+def _open_or_build(kind: str, key: str, summary_from: Callable[[dict], Any], build: Callable[[], tuple]) -> tuple:
+    """(arrays, splits, summary, note) from the complete store under `key`, else from `build()`,
+    which tokenizes and writes it."""
+    stored = cache.open_store(kind, key)
+    if stored is None:
+        return build()
+    arrays, splits, meta = stored
+    return arrays, splits, summary_from(meta["summary"]), f"cached tokens, read from {cache.cache_root()}"
+
+
 def _preference_summary(values: dict) -> DatasetSummary:
     return DatasetSummary(**{**values, "train_lengths": LengthStats(**values["train_lengths"]),
                              "test_lengths": LengthStats(**values["test_lengths"])})
@@ -450,4 +444,9 @@ def _preference_summary(values: dict) -> DatasetSummary:
 def _supervised_summary(values: dict) -> SupervisedDataSummary:
     return SupervisedDataSummary(**{**values, "train_lengths": SequenceLengthStats(**values["train_lengths"]),
                                     "test_lengths": SequenceLengthStats(**values["test_lengths"])})
+
+
+def _unpaired_summary(values: dict) -> UnpairedDataSummary:
+    return UnpairedDataSummary(**{**values, "train_lengths": UnpairedLengthStats(**values["train_lengths"]),
+                                  "test_lengths": UnpairedLengthStats(**values["test_lengths"])})
 
