@@ -211,11 +211,9 @@ def compare_tokens(prepared, ours) -> str:
 
 
 def run_in_subprocess(argv: list[str], spec: Spec, args) -> RunResult | str:
-    from run_record import run_child
+    from run_record import run_configuration
 
-    command = [sys.executable, os.path.abspath(__file__), *argv, "--run-one", json.dumps(asdict(spec))]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
-    result = run_child(command, args.timeout, env)
+    result = run_configuration(__file__, argv, asdict(spec), args.threads, args.timeout)
     return RunResult(**result) if isinstance(result, dict) else result
 
 

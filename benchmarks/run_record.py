@@ -131,3 +131,11 @@ def trl_step_clock():
             self.last, self.last_cpu = now, now_cpu
 
     return StepClock()
+
+
+def run_configuration(script: str, argv: list[str], spec: dict, threads: int, timeout: float) -> dict | str:
+    """`script argv --run-one <spec as JSON>` in its own process at `threads` torch threads (so its
+    peak RSS is its own): the child's RESULT dict, or why it failed."""
+    command = [sys.executable, os.path.abspath(script), *argv, "--run-one", json.dumps(spec)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    return run_child(command, timeout, env)
