@@ -1,12 +1,18 @@
-"""Sampling throughput: `cookbook.sampling.sample` against transformers' `model.generate`, on the same
-prompts, model, batch size, token budget, sampling settings and precision.
+"""Sampling throughput: `cookbook.sampling.sample` (native) against transformers' `model.generate` and,
+when it is installed, a vLLM engine (`cookbook.sampling.vllm_engine`), on the same prompts, model,
+token budget, sampling settings and precision.
 
+    .venv/bin/python benchmarks/sampler_throughput.py --round             # the on-policy round's workload
     .venv/bin/python benchmarks/sampler_throughput.py                     # batch 8 and 32, fp32 and bf16
-    .venv/bin/python benchmarks/sampler_throughput.py --batch-sizes 8 --precisions bf16
+    .venv/bin/python benchmarks/sampler_throughput.py --batch-sizes 8 --precisions bf16 --no-vllm
     .venv/bin/python benchmarks/sampler_throughput.py --quick             # seconds: a smoke run
 
-Prints one markdown table, a row per configuration with both sides: generated tokens per
-CPU-second and per wall-clock second, and our ratio to transformers.
+`--round` is what an on-policy round samples: 64 bundled IFEval prompts x 4 replies each,
+temperature 0.7, 256 new tokens, bf16, the native sampler at the recipe's batch of 32.
+
+Prints one markdown table, a row per configuration with every side: generated tokens per
+CPU-second and per wall-clock second, and the native sampler's and vLLM's ratios to transformers
+and vLLM's to native; the vLLM engine's start-up (wall and CPU seconds) is printed beside it.
 
 Why it is built this way:
 - Prompts are the bundled IFEval prompts rendered with the model's default renderer, generation
@@ -19,8 +25,12 @@ Why it is built this way:
   under bf16 autocast (the training precision `bf16-mixed`).
 - CPU-seconds (`time.process_time`) at one torch thread (`--threads`) are the robust figure on a
   machine shared with other jobs; wall-clock seconds are shown beside them.
-- Each configuration runs both sides one after the other in the same process after a short
-  warm-up of each; the greedy fp32 row also reports how many replies are token-identical.
+- Each configuration runs the native and transformers sides one after the other in the same process
+  after a short warm-up of each; the greedy fp32 row also reports how many replies are
+  token-identical. vLLM runs in a child process per precision (one engine per process, its dtype
+  fixed at start; its thread binding, `VLLM_CPU_OMP_THREADS_BIND`, set to `--threads` cores),
+  which times its engine start separately from sampling; vLLM schedules its own batches, so the
+  batch size does not apply to it, and it gets the same per-reply seeds the recipes give it.
 """
 
 from __future__ import annotations
@@ -28,6 +38,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -35,6 +47,7 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_record, when imported by a test
 PROMPTS_FILE = Path(__file__).resolve().parents[1] / "cookbook" / "eval" / "data" / "ifeval_prompts.jsonl"
 
 
@@ -63,20 +76,25 @@ class SideResult:
 @dataclass
 class ConfigResult:
     config: Config
-    prompts: int
+    prompts: int  # sequences sampled: distinct prompts x samples per prompt
     ours: SideResult
     hf: SideResult
     identical: int | None  # greedy fp32: replies equal token for token (None otherwise)
+    vllm: SideResult | None = None
+    vllm_identical: int | None = None  # greedy fp32: vLLM's replies equal to the native sampler's
 
 
-def load_prompts(tokenizer, count: int) -> list[list[int]]:
+def load_prompts(tokenizer, count: int, samples_per_prompt: int = 1) -> list[list[int]]:
+    """The first `count` bundled IFEval prompts, each repeated `samples_per_prompt` times in a row
+    (as a round samples them)."""
     from cookbook.renderers import default_renderer_name, get_renderer
 
     renderer = get_renderer(default_renderer_name(tokenizer), tokenizer)
     rows = [json.loads(line) for line in PROMPTS_FILE.read_text().splitlines() if line.strip()]
     if count > len(rows):
         raise SystemExit(f"asked for {count} prompts; {PROMPTS_FILE.name} has {len(rows)}")
-    return [renderer.build_generation_prompt([{"role": "user", "content": row["prompt"]}]) for row in rows[:count]]
+    return [renderer.build_generation_prompt([{"role": "user", "content": row["prompt"]}])
+            for row in rows[:count] for _ in range(samples_per_prompt)]
 
 
 def compute_context(precision: str):
@@ -122,6 +140,49 @@ def our_sample(model, prompts, config: Config, max_new_tokens: int, stop_ids: li
     return [completion.tokens for completion in completions]
 
 
+VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+def vllm_child(spec: dict) -> dict:
+    """In a child process: build one engine for `spec`'s precision, then sample each temperature's
+    prompts with it; returns the engine start-up and each temperature's side and replies."""
+    from cookbook.sampling import SamplingSettings, prompt_seeds
+    from cookbook.sampling.vllm_engine import EngineOptions, get_engine
+
+    prompts = spec["prompts"]
+    started, cpu_started = time.perf_counter(), time.process_time()
+    engine = get_engine(EngineOptions(spec["model_dir"], dtype=VLLM_DTYPES[spec["precision"]],
+                                      max_model_len=max(map(len, prompts)) + spec["max_new_tokens"],
+                                      compile=spec["compile"], kv_cache_bytes=spec["kv_cache_bytes"]))
+    start = {"wall_seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu_started}
+    warmup = SamplingSettings(4)
+    engine.sample(prompts[:2], warmup, spec["stop_ids"])
+    rows = []
+    for temperature in spec["temperatures"]:
+        settings = SamplingSettings(spec["max_new_tokens"], temperature=temperature)
+        seeds = prompt_seeds(len(prompts), torch.Generator().manual_seed(spec["seed"]))
+        cpu, wall = time.process_time(), time.perf_counter()
+        completions = engine.sample(prompts, settings, spec["stop_ids"], seeds=seeds)
+        side = SideResult(sum(len(c.tokens) for c in completions), time.process_time() - cpu,
+                          time.perf_counter() - wall)
+        rows.append({"temperature": temperature, "side": asdict(side), "replies": [c.tokens for c in completions]})
+    return {"start": start, "rows": rows, "per_request_seeds": engine.per_request_seeds}
+
+
+def run_vllm(model_dir: str, prompts, precision: str, temperatures: list[float], args, stop_ids: list[int]) -> dict:
+    """`vllm_child` in its own process, bound to `--threads` cores."""
+    spec = {"model_dir": model_dir, "prompts": prompts, "precision": precision, "temperatures": temperatures,
+            "max_new_tokens": args.max_new_tokens, "stop_ids": stop_ids, "seed": args.seed,
+            "compile": not args.vllm_eager, "kv_cache_bytes": int(args.vllm_kv_cache_gib * 2**30)}
+    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "0" if args.threads == 1 else f"0-{args.threads - 1}",
+           "OMP_NUM_THREADS": str(args.threads)}
+    child = subprocess.run([sys.executable, __file__, "--vllm-child"], input=json.dumps(spec), env=env,
+                           capture_output=True, text=True)
+    if child.returncode != 0:
+        raise SystemExit(f"the vLLM child failed (exit {child.returncode}):\n{child.stderr[-4000:]}")
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
 def timed(run, *args) -> tuple[list[list[int]], SideResult]:
     cpu, wall = time.process_time(), time.perf_counter()
     replies = run(*args)
@@ -129,14 +190,17 @@ def timed(run, *args) -> tuple[list[list[int]], SideResult]:
     return replies, result
 
 
-def run_config(model, prompts, config: Config, args, stop_ids: list[int], pad: int) -> ConfigResult:
+def run_config(model, prompts, config: Config, args, stop_ids: list[int], pad: int,
+               vllm_row: dict | None = None) -> ConfigResult:
     side_args = (model, prompts, config, args.max_new_tokens, stop_ids, pad, args.seed)
     hf_replies, hf = timed(hf_generate, *side_args)
     our_replies, ours = timed(our_sample, *side_args)
-    identical = None
-    if config.temperature == 0 and config.precision == "fp32":
-        identical = sum(a == b for a, b in zip(hf_replies, our_replies))
-    return ConfigResult(config, len(prompts), ours, hf, identical)
+    greedy_fp32 = config.temperature == 0 and config.precision == "fp32"
+    identical = sum(a == b for a, b in zip(hf_replies, our_replies)) if greedy_fp32 else None
+    vllm = SideResult(**vllm_row["side"]) if vllm_row else None
+    vllm_identical = (sum(a == b for a, b in zip(vllm_row["replies"], our_replies))
+                      if vllm_row and greedy_fp32 else None)
+    return ConfigResult(config, len(prompts), ours, hf, identical, vllm, vllm_identical)
 
 
 def format_table(results: list[ConfigResult]) -> str:
@@ -146,14 +210,37 @@ def format_table(results: list[ConfigResult]) -> str:
         "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        sampling = "greedy" if r.config.temperature == 0 else f"T={r.config.temperature:g}"
         identical = f"{r.identical}/{r.prompts}" if r.identical is not None else "n/a"
         lines.append(
-            f"| {r.config.batch_size} | {r.config.precision} | {sampling} | {r.prompts} "
+            f"| {r.config.batch_size} | {r.config.precision} | {sampling_name(r.config)} | {r.prompts} "
             f"| {r.hf.tokens} / {r.ours.tokens} | {r.hf.tokens_per_cpu_second:.1f} | {r.ours.tokens_per_cpu_second:.1f} "
             f"| x{r.ours.tokens_per_cpu_second / r.hf.tokens_per_cpu_second:.2f} "
             f"| {r.hf.tokens_per_second:.1f} | {r.ours.tokens_per_second:.1f} "
             f"| x{r.ours.tokens_per_second / r.hf.tokens_per_second:.2f} | {identical} |"
+        )
+    return "\n".join(lines)
+
+
+def sampling_name(config: Config) -> str:
+    return "greedy" if config.temperature == 0 else f"T={config.temperature:g}"
+
+
+def format_vllm_table(results: list[ConfigResult]) -> str:
+    """vLLM beside the native sampler (ours) and transformers, the rows that have it."""
+    lines = [
+        "| precision | sampling | prompts | tokens (vLLM / ours) | vLLM tok/CPU-s | ours tok/CPU-s | HF tok/CPU-s "
+        "| vLLM / ours | vLLM / HF | vLLM tok/s | ours tok/s | vLLM / ours (wall) | greedy replies = ours |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in (r for r in results if r.vllm is not None):
+        identical = f"{r.vllm_identical}/{r.prompts}" if r.vllm_identical is not None else "n/a"
+        lines.append(
+            f"| {r.config.precision} | {sampling_name(r.config)} | {r.prompts} | {r.vllm.tokens} / {r.ours.tokens} "
+            f"| {r.vllm.tokens_per_cpu_second:.1f} | {r.ours.tokens_per_cpu_second:.1f} | {r.hf.tokens_per_cpu_second:.1f} "
+            f"| x{r.vllm.tokens_per_cpu_second / r.ours.tokens_per_cpu_second:.2f} "
+            f"| x{r.vllm.tokens_per_cpu_second / r.hf.tokens_per_cpu_second:.2f} "
+            f"| {r.vllm.tokens_per_second:.1f} | {r.ours.tokens_per_second:.1f} "
+            f"| x{r.vllm.tokens_per_second / r.ours.tokens_per_second:.2f} | {identical} |"
         )
     return "\n".join(lines)
 
@@ -166,6 +253,15 @@ def parse_args(argv=None):
     parser.add_argument("--precisions", default="fp32,bf16", help="fp32, bf16 (bf16 autocast over fp32 weights)")
     parser.add_argument("--temperatures", default="0,0.7", help="0 = greedy")
     parser.add_argument("--batches", type=int, default=1, help="batches per configuration (prompts = batch x this)")
+    parser.add_argument("--prompts", type=int, default=None,
+                        help="distinct prompts (default: the largest batch x --batches, over --samples-per-prompt)")
+    parser.add_argument("--samples-per-prompt", type=int, default=1, help="replies sampled from each prompt")
+    parser.add_argument("--round", action="store_true",
+                        help="the on-policy round: 64 prompts x 4 replies, T=0.7, 256 new tokens, bf16, batch 32")
+    parser.add_argument("--no-vllm", dest="vllm", action="store_false", help="leave vLLM out even if installed")
+    parser.add_argument("--vllm-eager", action="store_true",
+                        help="start the vLLM engine without torch.compile (seconds, not a minute; slower decoding)")
+    parser.add_argument("--vllm-kv-cache-gib", type=float, default=1.0)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
@@ -176,6 +272,9 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         args.batch_sizes, args.max_new_tokens = "4", 16
+    if args.round:
+        args.batch_sizes, args.precisions, args.temperatures = "32", "bf16", "0.7"
+        args.prompts, args.samples_per_prompt, args.max_new_tokens = 64, 4, 256
     return args
 
 
@@ -190,32 +289,59 @@ def main(argv=None) -> list[ConfigResult]:
     args = parse_args(argv)
     record = start_record(__file__, sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(args.threads)
-    from cookbook.models import load_model_and_tokenizer
+    from cookbook.models import load_model_and_tokenizer, resolve_model_path
     from cookbook.renderers import default_renderer_name, get_renderer
+    from cookbook.sampling.vllm_engine import vllm_version
 
     model, tokenizer = load_model_and_tokenizer(args.model, dtype="float32", device="cpu")
     stop_ids = list(get_renderer(default_renderer_name(tokenizer), tokenizer).get_stop_token_ids())
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     configs = configs_for(args)
-    prompts = load_prompts(tokenizer, max(c.batch_size for c in configs) * args.batches)
+    sequences = max(c.batch_size for c in configs) * args.batches
+    prompts = load_prompts(tokenizer, args.prompts or -(-sequences // args.samples_per_prompt), args.samples_per_prompt)
+    sequences = len(prompts) if args.prompts else sequences
+    with_vllm = args.vllm and vllm_version() is not None
+    vllm_runs = {}
+    if with_vllm:  # before the native side: the child binds cores for itself only
+        for precision in dict.fromkeys(c.precision for c in configs):
+            temperatures = list(dict.fromkeys(c.temperature for c in configs if c.precision == precision))
+            vllm_runs[precision] = run_vllm(resolve_model_path(args.model), prompts[:sequences], precision,
+                                            temperatures, args, stop_ids)
+            start = vllm_runs[precision]["start"]
+            print(f"vLLM {vllm_version()} engine ({precision}) started in {start['wall_seconds']:.1f} s, "
+                  f"{start['cpu_seconds']:.1f} CPU-s", flush=True)
     warmup = Config(2, "fp32", 0.0)
     for run in (hf_generate, our_sample):
         run(model, prompts[:2], warmup, 4, stop_ids, pad, args.seed)
     results = []
     for config in configs:
-        results.append(run_config(model, prompts[: config.batch_size * args.batches], config, args, stop_ids, pad))
+        count = sequences if args.prompts else config.batch_size * args.batches
+        vllm_row = next((row for row in vllm_runs[config.precision]["rows"] if row["temperature"] == config.temperature
+                         ), None) if with_vllm and count == sequences else None
+        results.append(run_config(model, prompts[:count], config, args, stop_ids, pad, vllm_row))
         r = results[-1]
-        print(f"{config}: HF {r.hf.tokens_per_cpu_second:.1f} tok/CPU-s, ours {r.ours.tokens_per_cpu_second:.1f}",
-              flush=True)
+        vllm_part = f", vLLM {r.vllm.tokens_per_cpu_second:.1f}" if r.vllm else ""
+        print(f"{config}: HF {r.hf.tokens_per_cpu_second:.1f} tok/CPU-s, ours {r.ours.tokens_per_cpu_second:.1f}"
+              f"{vllm_part}", flush=True)
     print()
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.model}, max_new_tokens {args.max_new_tokens}")
     print(format_table(results))
+    tables = {"table": format_table(results)}
+    if vllm_runs:
+        tables["vllm_table"] = format_vllm_table(results)
+        print(f"\nvLLM {vllm_version()} (batches of its own choosing):")
+        print(tables["vllm_table"])
     out = args.json_out or (None if args.quick else RESULTS_DIR / "sampler_throughput.json")
     if out:
-        record.update(rows=[asdict(r) for r in results], table=format_table(results))
+        record.update(rows=[asdict(r) for r in results], **tables, vllm_version=vllm_version() if with_vllm else None,
+                      vllm_engines={p: {"start": run["start"], "per_request_seeds": run["per_request_seeds"]}
+                                    for p, run in vllm_runs.items()})
         print(f"\nrecord: {finish_record(record, out)}")
     return results
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--vllm-child"]:
+        print(json.dumps(vllm_child(json.loads(sys.stdin.read()))))
+    else:
+        main()

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import save_tiny_model
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "sampler_throughput.py"
 
@@ -35,3 +36,19 @@ def test_quick_run_on_a_tiny_model(bench, tiny_model_dir, capsys):
     table = capsys.readouterr().out
     assert "| 4 | fp32 | greedy | 4 | 64 / 64 |" in table
     assert "| 4/4 |" in table
+
+
+@pytest.mark.vllm
+def test_quick_run_with_vllm_on_a_tiny_model(bench, tokenizer, tmp_path, capsys):
+    """vLLM's side runs in its own process on the same prompts: its greedy fp32 replies equal the
+    native sampler's, it counts the same tokens, and its table and engine start-up are printed."""
+    # vLLM's CPU attention kernels take head sizes of 32 and up.
+    model_dir = save_tiny_model(tmp_path / "tiny", tokenizer, hidden_size=64, num_heads=2, num_kv_heads=1)
+    results = bench.main(["--quick", "--model", str(model_dir), "--precisions", "fp32", "--temperatures", "0",
+                          "--vllm-eager", "--vllm-kv-cache-gib", "0.25"])
+    (greedy,) = results
+    assert greedy.vllm is not None and greedy.vllm.tokens == greedy.ours.tokens == 4 * 16
+    assert greedy.vllm_identical == 4 and greedy.vllm.cpu_seconds > 0
+    out = capsys.readouterr().out
+    assert "engine (fp32) started in" in out
+    assert "| fp32 | greedy | 4 | 64 / 64 |" in out and "| 4/4 |" in out
