@@ -78,7 +78,23 @@ def run_one(name: str, out: Path, threads: int, timeout: float, extra_options: l
     row["last_step"] = steps[-1] if steps else None
     row["steps"] = steps[-1]["step"] if steps else 0
     row["final"] = str(log_path / "final") if (log_path / "final").exists() else None
+    row["sampling"] = _sampling_summary(records, out / f"{name}.log")
     return row
+
+
+def _sampling_summary(records: list[dict], log: Path) -> dict | None:
+    """A sampling recipe's rounds: which sampler, the seconds its rounds spent sampling and their
+    generated tokens per second (wall, as the recipe logs them); None for a recipe that samples none."""
+    rounds = [r for r in records if "samples/seconds" in r]
+    if not rounds:
+        return None
+    seconds = sum(r["samples/seconds"] for r in rounds)
+    tokens = sum(r["samples/seconds"] * r["samples/tokens_per_second"] for r in rounds)
+    sampler = next((line.split("Sampler: ", 1)[1].split(" ", 1)[0] for line in log.read_text().splitlines()
+                    if line.startswith("Sampler: ")), None) if log.exists() else None
+    return {"sampler": sampler, "rounds": len(rounds), "seconds": seconds, "generated_tokens": round(tokens),
+            "tokens_per_second": tokens / seconds if seconds else None,
+            "weight_sync_seconds": sum(r.get("samples/weight_sync_seconds", 0.0) for r in rounds)}
 
 
 def _test_metrics(record: dict) -> dict:

@@ -73,13 +73,25 @@ def parse_variants(specs: list[str]) -> dict[str, list[str]]:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| variant | options | CPU-s (training) | dev gain, prompt strict [95% interval] |",
-             "|---|---|---:|---|"]
+    lines = ["| variant | options | sampler | CPU-s (training) | CPU-s per round | sampling s (tok/s) "
+             "| peak RSS GiB | dev gain, prompt strict [95% interval] | test gain |",
+             "|---|---|---|---:|---:|---:|---:|---|---|"]
+
+    def interval(scored: dict | None, missing: str) -> str:
+        if not scored:
+            return missing
+        if "gain" not in scored:
+            return "failed"
+        return f"{scored['gain']:+.3f} [{scored['ci_low']:+.3f}, {scored['ci_high']:+.3f}]"
+
     for row in rows:
-        dev = row.get("dev", {})
-        gain = (f"{dev['gain']:+.3f} [{dev['ci_low']:+.3f}, {dev['ci_high']:+.3f}]" if "gain" in dev
-                else "failed")
-        lines.append(f"| {row['variant']} | {' '.join(row['options']) or '(defaults)'} | {row['cpu_s']:,.0f} | {gain} |")
+        gain, test = interval(row.get("dev"), "failed"), interval(row.get("test"), "not scored")
+        sampling = row.get("sampling") or {}
+        per_round = f"{row['cpu_s'] / sampling['rounds']:,.0f}" if sampling else "n/a"
+        sampled = (f"{sampling['seconds']:,.0f} ({sampling['tokens_per_second']:.0f})"
+                   if sampling.get("tokens_per_second") else "n/a")
+        lines.append(f"| {row['variant']} | {' '.join(row['options']) or '(defaults)'} | {sampling.get('sampler') or '?'} "
+                     f"| {row['cpu_s']:,.0f} | {per_round} | {sampled} | {row['peak_rss_gib']:.1f} | {gain} | {test} |")
     return "\n".join(lines)
 
 
@@ -95,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="one more option for every variant (e.g. max_steps=1 for a smoke run)")
     parser.add_argument("--json-out", type=Path, default=None, help="default: benchmarks/results/tune_<recipe>.json")
+    parser.add_argument("--test-every-variant", action="store_true",
+                        help="also score every variant on the test half (for variants that are not a choice, "
+                             "e.g. the same defaults with another sampler); the chosen one is still picked on dev")
     args = parser.parse_args(argv)
     args.out = args.out or REPO / "runs" / f"tune-{args.recipe}"
     args.json_out = args.json_out or RESULTS_DIR / f"tune_{args.recipe}.json"
@@ -128,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             test = best["test"]
             record["chosen_on_test"] = (f"{best['variant']}: prompt-level strict {test['gain']:+.3f} "
                                         f"[{test['ci_low']:+.3f}, {test['ci_high']:+.3f}] on {test['samples']} test prompts")
+    for row in record["rows"] if args.test_every_variant else []:
+        if row["final"] and "test" not in row:
+            row["test"] = evaluate(args.out / row["variant"], row["variant"], row["final"], "test",
+                                   args.threads, args.eval_max_tokens)
     record["table"] = format_table(record["rows"])
     print(record["table"])
     if "chosen_on_test" in record:
