@@ -28,7 +28,7 @@ Why it is built this way:
 - Each configuration runs the native and transformers sides one after the other in the same process
   after a short warm-up of each; the greedy fp32 row also reports how many replies are
   token-identical. vLLM runs in a child process per precision (one engine per process, its dtype
-  fixed at start; its thread binding, `VLLM_CPU_OMP_THREADS_BIND`, set to `--threads` cores),
+  fixed at start; in-process, as the recipes run it, so it decodes on `--threads` torch threads),
   which times its engine start separately from sampling; vLLM schedules its own batches, so the
   batch size does not apply to it, and it gets the same per-reply seeds the recipes give it.
 """
@@ -170,12 +170,11 @@ def vllm_child(spec: dict) -> dict:
 
 
 def run_vllm(model_dir: str, prompts, precision: str, temperatures: list[float], args, stop_ids: list[int]) -> dict:
-    """`vllm_child` in its own process, bound to `--threads` cores."""
+    """`vllm_child` in its own process, at `--threads` torch threads."""
     spec = {"model_dir": model_dir, "prompts": prompts, "precision": precision, "temperatures": temperatures,
             "max_new_tokens": args.max_new_tokens, "stop_ids": stop_ids, "seed": args.seed,
             "compile": not args.vllm_eager, "kv_cache_bytes": int(args.vllm_kv_cache_gib * 2**30)}
-    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "0" if args.threads == 1 else f"0-{args.threads - 1}",
-           "OMP_NUM_THREADS": str(args.threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     child = subprocess.run([sys.executable, __file__, "--vllm-child"], input=json.dumps(spec), env=env,
                            capture_output=True, text=True)
     if child.returncode != 0:
@@ -302,7 +301,7 @@ def main(argv=None) -> list[ConfigResult]:
     sequences = len(prompts) if args.prompts else sequences
     with_vllm = args.vllm and vllm_version() is not None
     vllm_runs = {}
-    if with_vllm:  # before the native side: the child binds cores for itself only
+    if with_vllm:
         for precision in dict.fromkeys(c.precision for c in configs):
             temperatures = list(dict.fromkeys(c.temperature for c in configs if c.precision == precision))
             vllm_runs[precision] = run_vllm(resolve_model_path(args.model), prompts[:sequences], precision,

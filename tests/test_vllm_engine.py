@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cookbook.eval.ifeval import bundled_ifeval_rows
-from cookbook.models import bundled_model_dir, load_model_and_tokenizer
+from cookbook.models import bundled_model_dir, load_model_and_tokenizer, make_tiny_model
 from cookbook.on_policy import rounds
 from cookbook.on_policy.rounds import read_round
 from cookbook.recipes.preference.on_policy import cli
@@ -164,3 +164,12 @@ def test_on_policy_with_vllm_resumes_after_dying_mid_round(engine, tmp_path, mon
     # Round 1 was sampled from the trained policy: its replies are not round 0's model's.
     summary = read_round(whole, 1).summary
     assert summary["samples/weight_sync_seconds"] < 30 and math.isfinite(summary["samples/reward_mean"])
+
+
+def test_auto_keeps_the_native_sampler_for_a_head_size_vllm_cannot_run_on_a_cpu(tokenizer):
+    tiny = make_tiny_model(tokenizer, hidden_size=64, num_heads=4)  # head size 16
+    choice = choose_sampler("auto", model_config=tiny.config)
+    assert choice.name == "native" and "head sizes 32, 64" in choice.reason and "not this model's 16" in choice.reason
+    with pytest.raises(ValueError, match="sampler=vllm: vLLM's CPU attention takes head sizes"):
+        choose_sampler("vllm", model_config=tiny.config)
+    assert choose_sampler("auto", model_config=make_tiny_model(tokenizer, hidden_size=64, num_heads=2).config).name == "vllm"

@@ -219,7 +219,8 @@ class CookbookModelAPI(ModelAPI):
     def _sampling_engine(self, sampler: str, kv_cache_gib: float):
         """The vLLM engine when `sampler` chooses it (None: the native sampler); prints which and why."""
         dtype = next(self.model.parameters()).dtype
-        choice = choose_sampler(sampler, device=next(self.model.parameters()).device, dtype=dtype)
+        choice = choose_sampler(sampler, device=next(self.model.parameters()).device, dtype=dtype,
+                                model_config=self.model.config)
         if choice.name == "native":
             print(f"cookbook provider: native sampler ({choice.reason})")
             return None

@@ -131,12 +131,13 @@ def render_prompts(config: SampledRoundsConfig, renderer, console) -> tuple[list
     return [source[i] for i in kept], all_tokens.subset(kept), too_long
 
 
-def sampling_engine(config: SampledRoundsConfig, run, start_name: str, longest_prompt: int):
-    """This process's vLLM engine when `sampler=` chooses vLLM, else None; says which and why."""
+def sampling_engine(config: SampledRoundsConfig, run, start_name: str, longest_prompt: int, model_config=None):
+    """This process's vLLM engine when `sampler=` chooses vLLM for the model of `model_config`, else
+    None; says which and why."""
     sample_dtype = run.plan.compute_dtype if config.sample_in_compute_precision else torch.float32
     try:
         choice = choose_sampler(config.sampler, lora=run.lora is not None, device=run.info.device, dtype=sample_dtype,
-                                world_size=run.info.world_size)
+                                world_size=run.info.world_size, model_config=model_config)
     except ValueError as error:
         raise UserError(str(error)) from None
     if choice.name == "native":

@@ -133,7 +133,7 @@ def _train(config: Config, run: Run) -> Path | None:
                         else contextlib.nullcontext)
     sampling = RoundSampling(SamplingSettings(config.max_new_tokens, config.temperature, config.top_p),
                         config.samples_per_prompt, config.sampling_batch_size, config.min_reward_gap, config.seed)
-    engine = sampling_engine(config, run, start_name, int(prompt_tokens.lengths().max()))
+    engine = sampling_engine(config, run, start_name, int(prompt_tokens.lengths().max()), causal_lm.config)
     store = RoundStore(run, causal_lm, prompts, prompt_tokens, renderer, scorer, sampling, config.prompts_per_round,
                        layout.collate, _reference_for_round(config, run, policy, start_name)
                        if config.loss_settings.needs_reference else None, sampling_scope, sampling_context, lockstep,

@@ -138,7 +138,7 @@ def _train(config: Config, run: Run) -> Path | None:
                              config.group_size, config.sampling_batch_size, 0.0, config.seed, logprobs=True)
     settings = GroupSettings(config.advantage, config.batch_size // config.group_size, config.max_empty_rounds,
                              padding_token_id(tokenizer, stop_token_ids))
-    engine = sampling_engine(config, run, start_name, int(prompt_tokens.lengths().max()))
+    engine = sampling_engine(config, run, start_name, int(prompt_tokens.lengths().max()), causal_lm.config)
     store = GroupStore(run, causal_lm, policy, prompts, prompt_tokens, renderer, scorer, sampling, settings,
                        _reference(config, run, policy, start_name),
                        lambda: dist_utils.direct_forwards(policy, run.strategy), sampling_context, engine=engine)

@@ -71,17 +71,18 @@ def vllm_version() -> str | None:
 
 
 def choose_sampler(requested: SamplerName | str, *, lora: bool = False, device: torch.device | None = None,
-                   dtype: torch.dtype = torch.float32, world_size: int = 1) -> SamplerChoice:
+                   dtype: torch.dtype = torch.float32, world_size: int = 1, model_config=None) -> SamplerChoice:
     """Which sampler serves this setup, and why. `auto` takes vLLM when it is installed and serves the
     model, device and precision in one process; `vllm` insists (a ValueError says what is missing);
     `native` is our own KV-cache loop. LoRA is served by pushing merged weights, so it does not rule
-    vLLM out. Several processes (DDP, FSDP2) keep `auto` on the native sampler: an engine per rank
+    vLLM out; `model_config` (the model's transformers config), when given, is checked against
+    what vLLM's attention kernels take on this device. Several processes (DDP, FSDP2) keep `auto` on the native sampler: an engine per rank
     beside the trainer's process group is not tested yet, so only `sampler=vllm` tries it."""
     if requested not in SAMPLER_NAMES:
         raise ValueError(f"sampler={requested!r} is not one of {', '.join(SAMPLER_NAMES)}")
     if requested == "native":
         return SamplerChoice("native", "sampler=native")
-    missing = _why_vllm_cannot_serve(device, dtype)
+    missing = _why_vllm_cannot_serve(device, dtype, model_config)
     if missing is None and world_size > 1 and requested == "auto":
         return SamplerChoice("native", f"{world_size} processes: vLLM beside DDP/FSDP2 is untested (sampler=vllm "
                                        "tries it); using the native sampler")
@@ -93,7 +94,7 @@ def choose_sampler(requested: SamplerName | str, *, lora: bool = False, device: 
     return SamplerChoice("native", f"{missing}; using the native sampler")
 
 
-def _why_vllm_cannot_serve(device: torch.device | None, dtype: torch.dtype) -> str | None:
+def _why_vllm_cannot_serve(device: torch.device | None, dtype: torch.dtype, model_config) -> str | None:
     if vllm_version() is None:
         return "vLLM is not installed (pip install -e .[vllm])"
     device = device or torch.device("cpu")
@@ -101,7 +102,25 @@ def _why_vllm_cannot_serve(device: torch.device | None, dtype: torch.dtype) -> s
         return f"vLLM does not run on device {device.type}"
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return f"vLLM does not sample in {dtype}"
+    head_dim = _head_dim(model_config)
+    if device.type == "cpu" and head_dim is not None:
+        # The engine starts with any head size but its CPU kernels fail at the first forward.
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        supported = CPUAttentionBackend.get_supported_head_sizes()
+        if head_dim not in supported:
+            return f"vLLM's CPU attention takes head sizes {', '.join(map(str, supported))}, not this model's {head_dim}"
     return None
+
+
+def _head_dim(model_config) -> int | None:
+    if model_config is None:
+        return None
+    head_dim = getattr(model_config, "head_dim", None)
+    heads, hidden = getattr(model_config, "num_attention_heads", None), getattr(model_config, "hidden_size", None)
+    if head_dim is None and heads and hidden:
+        head_dim = hidden // heads
+    return head_dim
 
 
 @dataclass(frozen=True)
