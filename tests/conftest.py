@@ -12,7 +12,7 @@ from cookbook.sampling import vllm_engine
 
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
-    skip_vllm = pytest.mark.skip(reason="vllm is not installed (pip install -e .[vllm])")
+    skip_vllm = pytest.mark.skip(reason="vllm is not installed (scripts/setup.sh installs it)")
     for item in items:
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)

@@ -11,14 +11,14 @@ from cookbook.sampling.vllm_engine import choose_sampler
 def test_auto_falls_back_to_native_and_says_why():
     choice = choose_sampler("auto", lora=True)
     assert choice.name == "native"
-    assert choice.reason == "vLLM is not installed (pip install -e .[vllm]); using the native sampler"
+    assert choice.reason == "vLLM is not installed (scripts/setup.sh installs it, see docs/sampling.md); using the native sampler"
 
 
 def test_sampler_vllm_without_vllm_is_one_error_naming_the_option(tmp_path, tiny_model_dir, capsys):
     argv = [f"log_path={tmp_path / 'run'}", f"model_name={tiny_model_dir}", "sampler=vllm", "rounds=1",
             "max_new_tokens=8", "max_length=128", "display=plain", "show_example=false"]
     assert run_cli(main, argv) == 2
-    assert "sampler=vllm: vLLM is not installed (pip install -e .[vllm])" in capsys.readouterr().err
+    assert "sampler=vllm: vLLM is not installed (scripts/setup.sh installs it" in capsys.readouterr().err
 
 
 def test_an_unknown_sampler_is_rejected_at_the_command_line(tmp_path, capsys):

@@ -96,7 +96,7 @@ def choose_sampler(requested: SamplerName | str, *, lora: bool = False, device: 
 
 def _why_vllm_cannot_serve(device: torch.device | None, dtype: torch.dtype, model_config) -> str | None:
     if vllm_version() is None:
-        return "vLLM is not installed (pip install -e .[vllm])"
+        return "vLLM is not installed (scripts/setup.sh installs it, see docs/sampling.md)"
     device = device or torch.device("cpu")
     if device.type not in ("cpu", "cuda"):
         return f"vLLM does not run on device {device.type}"
