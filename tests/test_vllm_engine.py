@@ -91,6 +91,20 @@ def test_seeds_replay_and_do_not_depend_on_the_other_prompts(engine, model_and_r
         assert alone[0] == first[0]
 
 
+def test_seeded_replies_of_more_prompt_tokens_than_one_step_takes(engine, model_and_renderer):
+    """A round's worth of seeded prompts (more tokens than one engine step schedules) samples and
+    replays: a prompt cut between steps would make vLLM's CPU build fail on its seeded generators."""
+    _, renderer = model_and_renderer
+    rows = bundled_ifeval_rows()[:48]
+    batch = [renderer.build_generation_prompt([{"role": "user", "content": row["prompt"]}])
+             for row in rows for _ in range(4)]
+    assert sum(map(len, batch)) > 2 * 4096  # the engine's per-step budget (vllm_engine.Engine)
+    settings = SamplingSettings(max_new_tokens=4, temperature=0.7)
+    seeds = prompt_seeds(len(batch), torch.Generator().manual_seed(3))
+    first = engine.sample(batch, settings, stops(renderer), seeds=seeds)
+    assert len(first) == len(batch) and first == engine.sample(batch, settings, stops(renderer), seeds=seeds)
+
+
 def test_loading_weights_changes_the_replies_and_loading_them_back_restores_them(engine, model_and_renderer,
                                                                                  prompts):
     model, renderer = model_and_renderer

@@ -179,6 +179,10 @@ class Engine:
         self.options = options
         started, cpu_started = time.perf_counter(), time.process_time()
         kwargs = {} if options.compile else {"enforce_eager": True, "compilation_config": 0}
+        # No chunked prefill: a prompt cut between two steps makes vLLM rewind its per-request seeded
+        # generator, which its CPU build cannot do (RuntimeError "CPU Generator does not use offset").
+        # A step then takes whole prompts only, up to this many tokens (at least the longest sequence).
+        kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(options.max_model_len, 4096))
         with _own_random_state():
             self.llm = LLM(model=options.model_dir, dtype=options.dtype, seed=options.seed,
                            max_model_len=options.max_model_len, kv_cache_memory_bytes=options.kv_cache_bytes,
