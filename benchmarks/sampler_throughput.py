@@ -6,6 +6,7 @@ token budget, sampling settings and precision.
     .venv/bin/python benchmarks/sampler_throughput.py                     # batch 8 and 32, fp32 and bf16
     .venv/bin/python benchmarks/sampler_throughput.py --batch-sizes 8 --precisions bf16 --no-vllm
     .venv/bin/python benchmarks/sampler_throughput.py --quick             # seconds: a smoke run
+    .venv/bin/python benchmarks/sampler_throughput.py --round --profile   # where the native sampler's time goes
 
 `--round` is what an on-policy round samples: 64 bundled IFEval prompts x 4 replies each,
 temperature 0.7, 256 new tokens, bf16, the native sampler at the recipe's batch of 32.
@@ -202,6 +203,36 @@ def run_config(model, prompts, config: Config, args, stop_ids: list[int], pad: i
     return ConfigResult(config, len(prompts), ours, hf, identical, vllm, vllm_identical)
 
 
+def profile_native(model, prompts, config: Config, args, stop_ids: list[int], pad: int, top: int = 15) -> dict:
+    """The native sampler on `config` under torch.profiler: its top operators by self CPU time, and
+    how the total splits between matmuls, attention and everything else."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        replies = our_sample(model, prompts, config, args.max_new_tokens, stop_ids, pad, args.seed)
+    events = [e for e in profiler.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    groups = {"matmul (aten::mm/addmm/bmm/linear)": ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul",
+                                                     "aten::linear"),
+              "attention (aten::scaled_dot_product_attention and its kernels)": ("attention", "sdpa", "_flash"),
+              "copies and casts (aten::copy_/to/_to_copy: cache writes, bf16 casts)": ("aten::copy_", "aten::to", "aten::_to_copy")}
+    shares = {name: sum(e.self_cpu_time_total for e in events if any(k in e.key for k in keys)) / total
+              for name, keys in groups.items()}
+    shares["everything else"] = 1 - sum(shares.values())
+    rows = [{"op": e.key, "self_cpu_share": e.self_cpu_time_total / total, "calls": e.count}
+            for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]]
+    return {"config": asdict(config), "tokens": sum(len(r) for r in replies), "self_cpu_seconds": total / 1e6,
+            "shares": shares, "top_ops": rows}
+
+
+def format_profile(profile: dict) -> str:
+    lines = ["| operator | self CPU share | calls |", "|---|---:|---:|"]
+    lines += [f"| {row['op']} | {row['self_cpu_share']:.1%} | {row['calls']:,} |" for row in profile["top_ops"]]
+    lines += ["", "| group | self CPU share |", "|---|---:|"]
+    lines += [f"| {name} | {share:.1%} |" for name, share in profile["shares"].items()]
+    return "\n".join(lines)
+
+
 def format_table(results: list[ConfigResult]) -> str:
     lines = [
         "| batch | precision | sampling | prompts | tokens (HF / ours) | HF tok/CPU-s | ours tok/CPU-s | ratio "
@@ -261,6 +292,9 @@ def parse_args(argv=None):
     parser.add_argument("--vllm-eager", action="store_true",
                         help="start the vLLM engine without torch.compile (seconds, not a minute; slower decoding)")
     parser.add_argument("--vllm-kv-cache-gib", type=float, default=1.0)
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of the throughput table: the native sampler on the first configuration under "
+                             "torch.profiler (record: benchmarks/results/sampler_profile.json)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
@@ -299,6 +333,18 @@ def main(argv=None) -> list[ConfigResult]:
     sequences = max(c.batch_size for c in configs) * args.batches
     prompts = load_prompts(tokenizer, args.prompts or -(-sequences // args.samples_per_prompt), args.samples_per_prompt)
     sequences = len(prompts) if args.prompts else sequences
+    if args.profile:
+        config = configs[0]
+        count = sequences if args.prompts else config.batch_size * args.batches
+        our_sample(model, prompts[:2], Config(2, config.precision, 0.0), 4, stop_ids, pad, args.seed)  # warm-up
+        native_profile = profile_native(model, prompts[:count], config, args, stop_ids, pad)
+        print(f"the native sampler under torch.profiler, {config}, {native_profile['tokens']} tokens:")
+        print(format_profile(native_profile))
+        out = args.json_out or (None if args.quick else RESULTS_DIR / "sampler_profile.json")
+        if out:
+            record.update(profile=native_profile, table=format_profile(native_profile))
+            print(f"\nrecord: {finish_record(record, out)}")
+        return []
     with_vllm = args.vllm and vllm_version() is not None
     vllm_runs = {}
     if with_vllm:
