@@ -13,6 +13,7 @@ from pathlib import Path
 import chz
 import pytest
 import torch
+from helpers import save_tiny_model
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
@@ -308,3 +309,21 @@ def test_lora_with_kl_uses_the_adapter_off_model_as_reference(tmp_path, tiny_mod
     assert records[0]["pg/kl"] == pytest.approx(0.0, abs=1e-7) and records[2]["pg/kl"] > 0
     assert records[2]["pg/ratio_min"] == records[2]["pg/ratio_max"] == 1.0
     assert (log_path / "final" / "adapter_model.safetensors").exists()
+
+
+def test_in_run_ifeval_on_the_dev_prompts_at_the_start_every_eval_every_steps_and_the_end(tmp_path, tokenizer,
+                                                                                       prompt_file):
+    """eval_ifeval logs test/ifeval_* at step 0, every eval_every steps and at the end; the scores
+    are the shared in-run IFEval's (the on-policy recipe's test checks it against the eval command),
+    here of the policy as it trains, so they move from the start's."""
+    # An untied head writes words that follow some instructions (a tied one repeats "\n").
+    model_dir = save_tiny_model(tmp_path / "untied", tokenizer, tie_word_embeddings=False)
+    log_path = tmp_path / "run"
+    cli(args(log_path, model_dir, prompt_file, "eval_ifeval=true", "eval_max_new_tokens=16", "eval_every=2"))
+    evals = [r for r in read_metrics(log_path) if "test/ifeval_prompt_strict" in r]
+    assert [r["step"] for r in evals] == [0, 2, 4]
+    keys = ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")
+    for record in evals:
+        assert all(0 <= record[f"test/ifeval_{key}"] <= 1 for key in keys)
+    assert 0 < max(r["test/ifeval_instruction_strict"] for r in evals) < 0.5
+    assert [evals[0][f"test/ifeval_{key}"] for key in keys] != [evals[-1][f"test/ifeval_{key}"] for key in keys]

@@ -105,6 +105,23 @@ def test_seeded_replies_of_more_prompt_tokens_than_one_step_takes(engine, model_
     assert len(first) == len(batch) and first == engine.sample(batch, settings, stops(renderer), seeds=seeds)
 
 
+def test_engine_log_probs_are_the_model_s_own(engine, model_and_renderer, prompts):
+    """`logprobs=True` gives each sampled token's log-prob under the unscaled distribution: what the
+    trainer computes from the same weights (fp32 here), to rounding: the RL recipe's mismatch metric."""
+    model, renderer = model_and_renderer
+    completions = engine.sample(prompts[:4], SamplingSettings(max_new_tokens=12, temperature=0.8), stops(renderer),
+                                seeds=[1, 2, 3, 4], logprobs=True)
+    gaps = []
+    for prompt, completion in zip(prompts[:4], completions):
+        assert len(completion.logprobs) == len(completion.tokens) > 0
+        ids = torch.tensor([list(prompt) + completion.tokens])
+        with torch.no_grad():
+            logps = torch.log_softmax(model(ids).logits[0, len(prompt) - 1 : -1].float(), dim=-1)
+        trainer = logps.gather(1, torch.tensor(completion.tokens)[:, None])[:, 0]
+        gaps += (trainer - torch.tensor(completion.logprobs)).abs().tolist()
+    assert max(gaps) < 0.05 and sum(gaps) / len(gaps) < 0.005, max(gaps)
+
+
 def test_loading_weights_changes_the_replies_and_loading_them_back_restores_them(engine, model_and_renderer,
                                                                                  prompts):
     model, renderer = model_and_renderer
@@ -187,3 +204,44 @@ def test_auto_keeps_the_native_sampler_for_a_head_size_vllm_cannot_run_on_a_cpu(
     with pytest.raises(ValueError, match="sampler=vllm: vLLM's CPU attention takes head sizes"):
         choose_sampler("vllm", model_config=tiny.config)
     assert choose_sampler("auto", model_config=make_tiny_model(tokenizer, hidden_size=64, num_heads=2).config).name == "vllm"
+
+
+def test_rl_with_vllm_logs_the_sampler_trainer_log_prob_gap(engine, tmp_path, monkeypatch, capsys):
+    """The RL recipe samples its groups with the engine (LoRA: merged weights), asks it for each
+    token's log-prob, and logs how far those are from the trainer's own: small, in fp32."""
+    from cookbook.recipes.rl.train import cli as rl_cli
+    from cookbook.rl.groups import GroupRecord
+
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    prompt_file = tmp_path / "prompts.jsonl"
+    prompt_file.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
+    log_path = tmp_path / "rl"
+    rl_cli([f"log_path={log_path}", f"prompts={prompt_file}", "reward=test_vllm_engine:reply_length_reward",
+            "rounds=2", "batch_size=6", "group_size=3", "micro_batch_size=3", "max_new_tokens=16", "max_length=1024",
+            "temperature=1.0", "precision=fp32", "lora_rank=4", "learning_rate=1e-2", "show_example=false",
+            "display=plain", "sampler=vllm", "vllm_compile=false", "vllm_kv_cache_gib=0.5"])
+    assert "Sampler: vllm" in capsys.readouterr().out
+    for index in (0, 1):
+        summary = read_round(log_path, index, GroupRecord).summary
+        if "samples/logprob_diff_mean" in summary:  # a round whose groups all tied trains on nothing
+            assert summary["samples/logprob_diff_mean"] < 0.01 and summary["samples/logprob_diff_max"] < 0.2
+            break
+    else:
+        pytest.fail("no round kept a group, so no log-prob gap was measured")
+
+
+def test_one_engine_serves_every_checkpoint_of_its_architecture(engine, tmp_path):
+    """A compare eval (a trained model beside its base) gets this process's engine for both models,
+    each loading its own weights; a model of another architecture is refused."""
+    from dataclasses import replace
+
+    config = json.loads((bundled_model_dir() / "config.json").read_text())
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text(json.dumps({**config, "_name_or_path": "elsewhere", "use_cache": False}))
+    assert get_engine(replace(OPTIONS, model_dir=str(checkpoint))) is engine
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2}))
+    with pytest.raises(ValueError, match="does not serve"):
+        get_engine(replace(OPTIONS, model_dir=str(other)))

@@ -230,8 +230,9 @@ class CookbookModelAPI(ModelAPI):
         max_len = min(getattr(self.model.config, "max_position_embeddings", 4096) or 4096, 4096)
         engine = get_engine(EngineOptions(path, dtype=str(dtype).removeprefix("torch."), max_model_len=max_len,
                                           kv_cache_bytes=int(kv_cache_gib * 2**30)))
-        # The loaded model is what is evaluated (an adapter merged into its base): the engine gets it.
-        engine.load_weights(self.model.named_parameters())
+        # The loaded model is what is evaluated (an adapter merged into its base): the engine gets it
+        # (again before a batch if another model of this process, e.g. a compared base, loaded its own).
+        engine.load_weights(self.model.named_parameters(), owner=self)
         print(f"cookbook provider: vLLM sampler ({choice.reason}); {engine.describe()}")
         return engine
 
@@ -301,6 +302,8 @@ class CookbookModelAPI(ModelAPI):
 
     def _run_batch(self, key: Hashable, items: list[Any]) -> list[Any]:
         if key[0] == "generate" and self.engine is not None:
+            if self.engine.weights_owner is not self:
+                self.engine.load_weights(self.model.named_parameters(), owner=self)
             # Seeds from torch's default generator, which the provider seeds from the eval's seed.
             completions = self.engine.sample(items, key[1], self.stop_token_ids, stop_strings=self.stop_strings,
                                              seeds=prompt_seeds(len(items), None))

@@ -50,6 +50,7 @@ from cookbook.datasets.cache import TokenListSet
 from cookbook.datasets.load import load_prompt_tokens
 from cookbook.datasets.tokenize import MIN_COMPLETION_TOKENS, TokenizedPair, TokenizedSequence
 from cookbook.errors import UserError
+from cookbook.eval.ifeval import bundled_ifeval_rows, ifeval_metrics
 from cookbook.models import adapter_base_model, is_adapter_checkpoint, resolve_model_path
 from cookbook.on_policy.ifeval_synthetic import IFEvalSyntheticPrompts
 from cookbook.on_policy.prompts import PROMPT_SOURCES, PromptItem, PromptSource
@@ -99,10 +100,16 @@ class SampledRoundsConfig(TrainingConfig):
         default=True, doc="Sample under the training's autocast (bf16 with precision=bf16-mixed) instead of fp32: "
                           "about 2x the decoding speed on a CPU with native bf16 (full fine-tuning; a LoRA run "
                           "samples in fp32 either way)")
+    eval_ifeval: bool = chz.field(default=False, doc="IFEval on the dev half of the bundled set (greedy, as "
+                                  "`run_inspect_evals tasks=cookbook/ifeval ifeval_split=dev dtype=float32` scores it) at the start, "
+                                  "the end and every eval_every steps, logged as test/ifeval_* (held out from training; "
+                                  "report on ifeval_split=test)")
+    eval_max_new_tokens: int = chz.field(default=512, doc="Most tokens of an IFEval reply (run_inspect_evals' "
+                                         "max_tokens, whose default is 512)")
 
     @chz.validate
     def _check_sampling_values(self) -> None:
-        for name in ("max_new_tokens", "sampling_batch_size"):
+        for name in ("max_new_tokens", "sampling_batch_size", "eval_max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
@@ -111,6 +118,22 @@ class SampledRoundsConfig(TrainingConfig):
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not (math.isfinite(self.vllm_kv_cache_gib) and self.vllm_kv_cache_gib > 0):
             raise ValueError(f"vllm_kv_cache_gib must be a finite number > 0, got {self.vllm_kv_cache_gib}")
+
+
+def in_run_ifeval(config: SampledRoundsConfig, causal_lm, renderer, info, sampling_scope: Callable,
+                  lockstep: Callable[[bool], bool] | None = None) -> Callable[[], dict[str, float]] | None:
+    """With `eval_ifeval`, () -> IFEval on the dev half of the bundled prompts (greedy, the native
+    sampler on the policy as it is now, fp32 as the eval command scores it); else None."""
+    if not config.eval_ifeval:
+        return None
+    rows = bundled_ifeval_rows()
+
+    def evaluate() -> dict[str, float]:
+        with sampling_scope():
+            return ifeval_metrics(causal_lm, renderer, rows, info, config.sampling_batch_size,
+                                  max_new_tokens=config.eval_max_new_tokens, lockstep=lockstep)
+
+    return evaluate
 
 
 def render_prompts(config: SampledRoundsConfig, renderer, console) -> tuple[list[PromptItem], TokenListSet, int]:
@@ -331,7 +354,7 @@ class RoundSampling:
     batch_size: int
     min_reward_gap: float
     seed: int
-    logprobs: bool = False  # the native sampler also returns each token's log-prob (Reply.sampler_logprobs)
+    logprobs: bool = False  # the sampler also returns each token's log-prob (Reply.sampler_logprobs)
 
 
 @dataclass(frozen=True)
@@ -355,7 +378,8 @@ def collect_round(causal_lm, prompts: list[PromptItem], prompt_tokens: list[list
     started = time.perf_counter()
     if engine is not None:
         rows = [prompt_tokens[i] for i in mine for _ in range(repeat)]
-        completions = engine.sample(rows, sampling.settings, stop_token_ids, seeds=prompt_seeds(len(rows), generator))
+        completions = engine.sample(rows, sampling.settings, stop_token_ids, seeds=prompt_seeds(len(rows), generator),
+                                    logprobs=sampling.logprobs)
     else:
         filler = dist_utils.lockstep_filler(len(prompts), len(mine), info, lockstep)
         completions = sample(

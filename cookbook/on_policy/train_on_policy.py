@@ -33,12 +33,12 @@ import chz
 from torch import nn
 
 from cookbook.errors import UserError
-from cookbook.eval.ifeval import bundled_ifeval_rows, ifeval_metrics
 from cookbook.on_policy.rounds import (
     RoundSampling,
     RoundSchedule,
     RoundStore,
     SampledRoundsConfig,
+    in_run_ifeval,
     render_prompts,
     sampling_engine,
     split_pair_id,
@@ -78,12 +78,6 @@ class Config(PreferenceConfig, SampledRoundsConfig):
     reference: ReferenceChoice = chz.field(
         default="round_start", doc="round_start: the model the round starts from; initial: the starting model"
     )
-    eval_ifeval: bool = chz.field(default=False, doc="IFEval on the dev half of the bundled set (greedy, as "
-                                  "`run_inspect_evals tasks=cookbook/ifeval ifeval_split=dev dtype=float32` scores it) at the start, "
-                                  "the end and every eval_every steps, logged as test/ifeval_* (held out from training; "
-                                  "report on ifeval_split=test)")
-    eval_max_new_tokens: int = chz.field(default=512, doc="Most tokens of an IFEval reply (run_inspect_evals' "
-                                         "max_tokens, whose default is 512)")
     eval_every: int = chz.field(default=0, doc="IFEval every N steps too (0: at the start and the end only; "
                                 "steps_per_round: after every round)")
     save_every: int = chz.field(default=None, munger=_every_round, x_type=int | None,
@@ -93,7 +87,7 @@ class Config(PreferenceConfig, SampledRoundsConfig):
 
     @chz.validate
     def _check_on_policy_values(self) -> None:
-        for name in ("rounds", "prompts_per_round", "steps_per_round", "eval_max_new_tokens"):
+        for name in ("rounds", "prompts_per_round", "steps_per_round"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.samples_per_prompt < 2:
@@ -144,14 +138,8 @@ def _train(config: Config, run: Run) -> Path | None:
     except ValueError as error:
         raise UserError(str(error)) from None
     store.schedule = schedule
-    rows = bundled_ifeval_rows() if config.eval_ifeval else []
-
-    def evaluate() -> dict[str, float]:
-        with sampling_scope():
-            return ifeval_metrics(causal_lm, renderer, rows, info, config.sampling_batch_size,
-                                  max_new_tokens=config.eval_max_new_tokens, lockstep=lockstep)
-
-    task = OnPolicyTask(store, config.loss_settings, info.device, evaluate if rows else None)
+    evaluate = in_run_ifeval(config, causal_lm, renderer, info, sampling_scope, lockstep)
+    task = OnPolicyTask(store, config.loss_settings, info.device, evaluate)
     metadata = {"renderer_name": run.renderer_name, "base_model_name": start_name,
                 "reference": config.reference}
     return run.train(policy, causal_lm, task, schedule, tokenizer, metadata,

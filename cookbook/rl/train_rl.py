@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import chz
@@ -34,6 +34,7 @@ from cookbook.errors import InvalidOptionError
 from cookbook.on_policy.rounds import (
     RoundSampling,
     SampledRoundsConfig,
+    in_run_ifeval,
     render_prompts,
     sampling_engine,
     split_pair_id,
@@ -85,8 +86,8 @@ class Config(SampledRoundsConfig):
     max_empty_rounds: int = chz.field(default=4, doc="Stop after this many rounds in which every group's replies "
                                       "scored the same (each is replaced by the next prompts)")
     temperature: float = chz.field(default=1.0, doc="Sampling temperature (> 0)")
-    eval_every: int = chz.field(default=0, doc="The recipe has no held-out eval yet (evaluate final/ with "
-                                "run_inspect_evals); any value logs nothing")
+    eval_every: int = chz.field(default=0, doc="With eval_ifeval, IFEval every N steps too (0: at the start and "
+                                "the end only; updates_per_batch: after every batch)")
     save_every: int = chz.field(default=None, munger=_every_batch, x_type=int | None,
                                 doc="Resumable checkpoint every N steps (default: updates_per_batch, every round)")
     lr_schedule: LRSchedule = chz.field(default="constant", doc="linear, cosine or constant decay after warmup")
@@ -144,10 +145,12 @@ def _train(config: Config, run: Run) -> Path | None:
                        lambda: dist_utils.direct_forwards(policy, run.strategy), sampling_context, engine=engine)
     store.schedule = schedule = GroupSchedule(store, config.rounds, config.updates_per_batch, config.micro_batch_size,
                                               config.max_steps, info.rank, info.world_size)
-    task = RLTask(store, config, info)
+    evaluate = in_run_ifeval(config, causal_lm, renderer, info, lambda: dist_utils.direct_forwards(policy, run.strategy))
+    task = RLTask(store, config, info, evaluate)
     metadata = {"renderer_name": run.renderer_name, "base_model_name": start_name}
     return run.train(policy, causal_lm, task, schedule, tokenizer, metadata,
-                     start_metrics={"prompts": len(prompts), "prompts_too_long": too_long})
+                     start_metrics={"prompts": len(prompts), "prompts_too_long": too_long},
+                     eval_tasks="cookbook/ifeval")
 
 
 def _reference(config: Config, run: Run, policy, start_name: str):
@@ -174,8 +177,9 @@ class RLTask:
     """The recipe's part of the loop: reply ids -> the summed clipped policy-gradient (+ KL) loss,
     divided by the batch's trained tokens (token) or replies (sequence)."""
 
-    def __init__(self, store: GroupStore, config: Config, info: dist_utils.DistInfo):
-        self.store, self.config, self.info = store, config, info
+    def __init__(self, store: GroupStore, config: Config, info: dist_utils.DistInfo,
+                 evaluate: Callable[[], dict[str, float]] | None = None):
+        self.store, self.config, self.info, self._evaluate = store, config, info, evaluate
         self.ratio_range = [math.inf, -math.inf]  # this step's (min, max) on this rank
 
     def loss_denominator(self, global_ids: Sequence[int]) -> float:
@@ -231,5 +235,5 @@ class RLTask:
         return metrics
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        return {}
+        return self._evaluate() if self._evaluate is not None else {}
 

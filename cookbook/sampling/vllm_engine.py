@@ -36,11 +36,13 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import importlib.util
+import json
 import os
 import random
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -139,19 +141,39 @@ _ENGINE: Engine | None = None
 
 
 def get_engine(options: EngineOptions) -> Engine:
-    """This process's engine, built on first use and reused by every later call it serves (same
-    model, dtype, cache and compile choice, long enough); any other call is an error: a second
-    engine would hold a second copy of the weights and of the key/value cache."""
+    """This process's engine, built on first use and reused by every later call it serves (a model
+    of the same architecture, dtype, cache and compile choice, long enough: a caller loads its own
+    weights, as an eval of a trained model beside its base does); any other call is an error: a
+    second engine would hold a second copy of the weights and of the key/value cache."""
     global _ENGINE
     if _ENGINE is None:
         _ENGINE = Engine(options)
         return _ENGINE
     built = _ENGINE.options
-    same = (built.model_dir, built.dtype, built.kv_cache_bytes, built.compile) == (
-        options.model_dir, options.dtype, options.kv_cache_bytes, options.compile)
-    if not same or built.max_model_len < options.max_model_len:
+    same = (built.dtype, built.kv_cache_bytes, built.compile) == (options.dtype, options.kv_cache_bytes,
+                                                                  options.compile)
+    if (not same or built.max_model_len < options.max_model_len
+            or not same_architecture(built.model_dir, options.model_dir)):
         raise ValueError(f"this process's vLLM engine was built with {built}, which does not serve {options}")
     return _ENGINE
+
+
+# config.json entries that differ between checkpoints of one architecture.
+_CHECKPOINT_ONLY_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache"}
+
+
+def same_architecture(model_dir: str, other_dir: str) -> bool:
+    """Whether two Hugging Face directories hold the same architecture (config.json equal but for
+    what a checkpoint of it may change), so one engine serves both once given the weights."""
+    if Path(model_dir).resolve() == Path(other_dir).resolve():
+        return True
+    configs = []
+    for directory in (model_dir, other_dir):
+        path = Path(directory) / "config.json"
+        if not path.is_file():
+            return False
+        configs.append({k: v for k, v in json.loads(path.read_text()).items() if k not in _CHECKPOINT_ONLY_KEYS})
+    return configs[0] == configs[1]
 
 
 @contextlib.contextmanager
@@ -191,6 +213,7 @@ class Engine:
         self.start_cpu_seconds = time.process_time() - cpu_started
         self.torch_dtype = getattr(torch, options.dtype)
         self.per_request_seeds: bool | None = None  # known after the first sampled call
+        self.weights_owner: object | None = None  # who loaded the weights it holds (see load_weights)
 
     def describe(self) -> str:
         return (f"vLLM engine ({self.options.dtype}, KV cache {self.options.kv_cache_bytes / 2**30:.2g} GiB, "
@@ -199,8 +222,11 @@ class Engine:
 
     # -- weights ---------------------------------------------------------------------------------
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> float:
-        """Replace the engine's weights with `weights` (HF names, whole tensors); the seconds it took."""
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], owner: object | None = None) -> float:
+        """Replace the engine's weights with `weights` (HF names, whole tensors); the seconds it took.
+        `owner` (e.g. an eval's model) is remembered, so that several users of the engine can tell
+        whether it still holds their weights."""
+        self.weights_owner = owner
         started = time.perf_counter()
         cast = ((name, tensor.detach().to(device="cpu", dtype=self.torch_dtype)) for name, tensor in weights)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": cast})
@@ -211,11 +237,12 @@ class Engine:
 
     def sample(self, prompts: Sequence[Sequence[int]], settings: SamplingSettings, stop_token_ids: Sequence[int],
                *, seeds: Sequence[int] | None = None, stop_strings: Sequence[str] | None = None,
-               logprobs: bool = False) -> list[Completion] | tuple[list[Completion], list[list[float]]]:
-        """One `Completion` per prompt, in input order; with `logprobs`, also each sampled token's
-        log-probability under the engine (of the unscaled distribution, what the trainer computes)."""
+               logprobs: bool = False) -> list[Completion]:
+        """One `Completion` per prompt, in input order; with `logprobs`, each carries its tokens'
+        log-probabilities under the engine (`Completion.logprobs`, as the native sampler's
+        `return_logprobs` gives them)."""
         if not prompts:
-            return ([], []) if logprobs else []
+            return []
         if any(len(prompt) == 0 for prompt in prompts):
             raise ValueError("every prompt needs at least one token")
         sampled = settings.temperature > 0
@@ -223,14 +250,14 @@ class Engine:
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
         outputs = self._generate(prompts, settings, list(stop_token_ids), list(stop_strings or ()),
                                  seeds if sampled else None, logprobs)
-        completions, token_logps = [], []
+        completions = []
         for output in outputs:
             choice = output.outputs[0]
             tokens = list(choice.token_ids)
-            completions.append(Completion(tokens, stopped=choice.finish_reason == "stop"))
-            if logprobs:
-                token_logps.append([step[token].logprob for step, token in zip(choice.logprobs or [], tokens)])
-        return (completions, token_logps) if logprobs else completions
+            token_logps = ([step[token].logprob for step, token in zip(choice.logprobs or [], tokens, strict=True)]
+                           if logprobs else None)
+            completions.append(Completion(tokens, stopped=choice.finish_reason == "stop", logprobs=token_logps))
+        return completions
 
     def _params(self, settings: SamplingSettings, stop_token_ids: list[int], stop_strings: list[str],
                 seed: int | None, logprobs: bool):
