@@ -71,8 +71,7 @@ def replies(log_path, index):
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_ranks_with_an_engine_each_sample_what_one_process_samples(tmp_path, model_dir, prompt_file,
                                                                        one_process, strategy, monkeypatch):
-    for name, value in environment().items():
-        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PYTHONPATH", str(HERE))  # the ranks import this module's reward
     log_path = tmp_path / strategy
     proc = torchrun("-m", "cookbook.recipes.preference.on_policy",
                     *args(log_path, model_dir, prompt_file, f"distributed={strategy}"))
