@@ -21,11 +21,12 @@ ARGS = ["dataset.max_pairs=32", "dataset.test_size=8", "max_length=128", "show_e
         "batch_size=8", "micro_batch_size=2", "eval_every=2", "learning_rate=1e-3"]
 
 
-def torchrun(*args: str, cwd: Path | None = None) -> None:
+def torchrun(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
 
 
 # fp32 must match one process to float noise. In bf16 a rank's micro-batches hold other pairs than

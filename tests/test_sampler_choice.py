@@ -1,10 +1,11 @@
-"""`sampler=`: what `auto` picks without vLLM and why, and `sampler=vllm` failing with the reason
-(every test not marked `vllm` sees vLLM as not installed, see conftest)."""
+"""`sampler=`: what `auto` picks with and without vLLM and why, and `sampler=vllm` failing with the reason
+(tests not marked `vllm` see vLLM as not installed, see conftest, unless they name a version)."""
 
 import pytest
 
 from cookbook.cli import run_cli
 from cookbook.on_policy.train_on_policy import main
+from cookbook.sampling import vllm_engine
 from cookbook.sampling.vllm_engine import choose_sampler
 
 
@@ -12,6 +13,15 @@ def test_auto_falls_back_to_native_and_says_why():
     choice = choose_sampler("auto", lora=True)
     assert choice.name == "native"
     assert choice.reason == "vLLM is not installed (scripts/setup.sh installs it, see docs/sampling.md); using the native sampler"
+
+
+def test_auto_takes_vllm_under_several_processes_with_an_engine_on_each(monkeypatch):
+    monkeypatch.setattr(vllm_engine, "vllm_version", lambda: "0.32.0")
+    choice = choose_sampler("auto", world_size=2, lora=True)
+    assert choice.name == "vllm"
+    assert choice.reason == ("vLLM 0.32.0 is installed (an engine on each of 2 processes; LoRA: the engine gets "
+                             "merged weights)")
+    assert choose_sampler("auto").reason == "vLLM 0.32.0 is installed"
 
 
 def test_sampler_vllm_without_vllm_is_one_error_naming_the_option(tmp_path, tiny_model_dir, capsys):

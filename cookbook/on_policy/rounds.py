@@ -4,9 +4,10 @@ A round: the round's prompts each get `samples_per_prompt` replies from the poli
 (`collect_round`), the reward scores them, and each prompt gets its best-versus-worst pair
 (`select_pair`: a pure function of the rewards, so a reader of `samples.jsonl` can redo it by hand;
 among equal rewards the earlier reply wins, sampling already made the order random). Under DDP or
-FSDP every rank samples and scores its share of the prompts and all ranks end with every record;
-the generator is seeded from (seed, round, rank), so a round sampled again after a crash gives the
-same replies from the same weights.
+FSDP every rank samples and scores its share of the prompts and all ranks end with every record.
+Each reply's seed comes from (seed, round): a round sampled again after a crash gives the same
+replies from the same weights. With vLLM it comes from the reply's place in the round alone, so
+any number of ranks give one process's replies; the native sampler's generator also takes the rank.
 
 What a round leaves on disk: `rounds/<n>/samples.jsonl`, one line per prompt, holding the prompt
 (messages and rendered tokens), every sampled reply (tokens, text, reward, whether it ended with a
@@ -93,7 +94,7 @@ class SampledRoundsConfig(TrainingConfig):
                                      "process, the policy's weights loaded into it each round), native (our "
                                      "KV-cache loop on the policy itself), auto (vllm when installed)")
     vllm_kv_cache_gib: float = chz.field(default=1.0, doc="vLLM engine: memory for its key/value cache, "
-                                         "allocated once (GiB)")
+                                         "allocated once (GiB, on each rank)")
     vllm_compile: bool = chz.field(default=True, doc="vLLM engine: compile the model at start (about a minute "
                                    "of CPU once, faster sampling after)")
     sample_in_compute_precision: bool = chz.field(
@@ -174,13 +175,19 @@ def sampling_engine(config: SampledRoundsConfig, run, start_name: str, longest_p
     options = EngineOptions(model_dir, dtype=str(sample_dtype).removeprefix("torch."),
                             max_model_len=longest_prompt + config.max_new_tokens,
                             kv_cache_bytes=int(config.vllm_kv_cache_gib * 2**30), compile=config.vllm_compile,
-                            seed=config.seed)
+                            seed=config.seed, world_size=run.info.world_size)
+    engine, failure = None, ""
     try:
         engine = get_engine(options)
     except Exception as error:  # an architecture or option vLLM does not serve
+        failure = f"{type(error).__name__}: {error}"
+    # Every rank samples with the same sampler: one rank's failure sends them all to the native one.
+    # An engine that did start stays unused until the run ends: closing it would close the process group.
+    if dist_utils.all_reduce_max(float(engine is None), run.info) > 0:
+        failure = failure or "it failed on another rank"
         if config.sampler == "vllm":
-            raise UserError(f"sampler=vllm: the vLLM engine did not start ({type(error).__name__}: {error})") from None
-        run.console.print(f"Sampler: native (the vLLM engine did not start: {type(error).__name__}: {error})")
+            raise UserError(f"sampler=vllm: the vLLM engine did not start ({failure})")
+        run.console.print(f"Sampler: native (the vLLM engine did not start: {failure})")
         return None
     run.console.print(f"Sampler: vllm ({choice.reason}); {engine.describe()}")
     return engine
@@ -369,18 +376,22 @@ def collect_round(causal_lm, prompts: list[PromptItem], prompt_tokens: list[list
                   lockstep: Callable[[bool], bool] | None = None,
                   engine=None) -> tuple[list[PromptRecord], SamplingStats]:
     """Every prompt's record (same order as `prompts`, on every rank) and the sampling stats. With a
-    vLLM `engine` (already holding the policy's weights) it samples this rank's share there, with
-    the seeds the native sampler would give each reply; otherwise with the native sampler."""
+    vLLM `engine` (already holding the policy's weights) it samples this rank's share there, each
+    reply with the seed one process gives it (drawn for the whole round, as the native sampler
+    draws them, and shared out by prompt), so the round's replies do not depend on how many ranks
+    sample it; otherwise with the native sampler, from a generator of its own on each rank."""
     mine = list(range(info.rank, len(prompts), info.world_size))
     repeat = sampling.samples_per_prompt
-    generator = torch.Generator().manual_seed(sampling.seed * 1_000_003 + round_index * 1_009 + info.rank)
+    round_seed = sampling.seed * 1_000_003 + round_index * 1_009
     stop_token_ids = list(renderer.get_stop_token_ids())
     started = time.perf_counter()
     if engine is not None:
-        rows = [prompt_tokens[i] for i in mine for _ in range(repeat)]
-        completions = engine.sample(rows, sampling.settings, stop_token_ids, seeds=prompt_seeds(len(rows), generator),
-                                    logprobs=sampling.logprobs)
+        seeds = prompt_seeds(len(prompts) * repeat, torch.Generator().manual_seed(round_seed))
+        rows = [(prompt_tokens[i], seeds[i * repeat + k]) for i in mine for k in range(repeat)]
+        completions = engine.sample([tokens for tokens, _ in rows], sampling.settings, stop_token_ids,
+                                    seeds=[seed for _, seed in rows], logprobs=sampling.logprobs)
     else:
+        generator = torch.Generator().manual_seed(round_seed + info.rank)
         filler = dist_utils.lockstep_filler(len(prompts), len(mine), info, lockstep)
         completions = sample(
             causal_lm, [prompt_tokens[i] for i in mine + [0] * filler for _ in range(repeat)], sampling.settings,

@@ -17,8 +17,8 @@ the round, and an `OnPolicyTask`.
 Who samples (`sampler=`): `native`, the model being trained itself (no second copy; with LoRA
 through its adapters), or `vllm`, a vLLM engine in this process, built once from the start model,
 that gets the policy's weights (gathered under FSDP2, LoRA merged in) before each round; with
-several ranks each would run its engine on its share of the prompts (untested: `auto` stays native
-there). `auto` (the default) takes vLLM when it is installed and prints which it chose and why.
+several ranks each runs its own engine on its share of the prompts, with the seeds one process
+would give them. `auto` (the default) takes vLLM when it is installed and prints which it chose and why.
 """
 
 from __future__ import annotations

@@ -18,6 +18,15 @@ Why in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`): the new weights go into the
 through a file or a socket; and the engine shares the trainer's device. The prefix cache is reset
 after a weight load, so no key/value computed with old weights serves a new round.
 
+Several processes (torchrun; `EngineOptions.world_size` > 1): every rank builds its own engine, all
+at the same point of the run, with vLLM's `external_launcher` executor, which joins the trainer's
+process group instead of making one. vLLM lays its tensor/pipeline/data-parallel groups, each of
+size 1 here, over that world (group creation is a collective, hence "at the same point"); the ranks
+are what vLLM calls external data parallel: each samples its own prompts, with no collective while
+it samples, so ranks may ask for different numbers of replies. An engine made that way also
+destroys the process group when it shuts down, and a group destroyed under it fails its exit:
+`close_engine` shuts it down first (`cookbook.training.distributed.shutdown_distributed` calls it).
+
 Seeds: each prompt gets its own seed (`SamplingParams.seed`), drawn by the caller from its
 generator as the native sampler draws them, so a prompt's replies do not depend on the others. A
 vLLM build that refuses per-request seeds gets one seed per call instead (the first seed seeds the
@@ -75,22 +84,20 @@ def vllm_version() -> str | None:
 def choose_sampler(requested: SamplerName | str, *, lora: bool = False, device: torch.device | None = None,
                    dtype: torch.dtype = torch.float32, world_size: int = 1, model_config=None) -> SamplerChoice:
     """Which sampler serves this setup, and why. `auto` takes vLLM when it is installed and serves the
-    model, device and precision in one process; `vllm` insists (a ValueError says what is missing);
-    `native` is our own KV-cache loop. LoRA is served by pushing merged weights, so it does not rule
-    vLLM out; `model_config` (the model's transformers config), when given, is checked against
-    what vLLM's attention kernels take on this device. Several processes (DDP, FSDP2) keep `auto` on the native sampler: an engine per rank
-    beside the trainer's process group is not tested yet, so only `sampler=vllm` tries it."""
+    model, device and precision; `vllm` insists (a ValueError says what is missing); `native` is our
+    own KV-cache loop. LoRA is served by pushing merged weights, and several processes (DDP, FSDP2)
+    by an engine on each rank (see the module docstring), so neither rules vLLM out;
+    `model_config` (the model's transformers config), when given, is checked against what vLLM's
+    attention kernels take on this device."""
     if requested not in SAMPLER_NAMES:
         raise ValueError(f"sampler={requested!r} is not one of {', '.join(SAMPLER_NAMES)}")
     if requested == "native":
         return SamplerChoice("native", "sampler=native")
     missing = _why_vllm_cannot_serve(device, dtype, model_config)
-    if missing is None and world_size > 1 and requested == "auto":
-        return SamplerChoice("native", f"{world_size} processes: vLLM beside DDP/FSDP2 is untested (sampler=vllm "
-                                       "tries it); using the native sampler")
     if missing is None:
-        extra = " (LoRA: the engine gets merged weights)" if lora else ""
-        return SamplerChoice("vllm", f"vLLM {vllm_version()} is installed{extra}")
+        extra = [f"an engine on each of {world_size} processes"] if world_size > 1 else []
+        extra += ["LoRA: the engine gets merged weights"] if lora else []
+        return SamplerChoice("vllm", f"vLLM {vllm_version()} is installed" + (f" ({'; '.join(extra)})" if extra else ""))
     if requested == "vllm":
         raise ValueError(f"sampler=vllm: {missing}")
     return SamplerChoice("native", f"{missing}; using the native sampler")
@@ -135,6 +142,7 @@ class EngineOptions:
     kv_cache_bytes: int = 1 << 30  # the engine's key/value cache, allocated once at start
     compile: bool = True  # torch.compile the model at start (~70 CPU-s once; faster decoding after)
     seed: int = 0
+    world_size: int = 1  # the trainer's processes (torchrun), each building its own engine at the same time
 
 
 _ENGINE: Engine | None = None
@@ -150,8 +158,8 @@ def get_engine(options: EngineOptions) -> Engine:
         _ENGINE = Engine(options)
         return _ENGINE
     built = _ENGINE.options
-    same = (built.dtype, built.kv_cache_bytes, built.compile) == (options.dtype, options.kv_cache_bytes,
-                                                                  options.compile)
+    same = (built.dtype, built.kv_cache_bytes, built.compile, built.world_size) == (
+        options.dtype, options.kv_cache_bytes, options.compile, options.world_size)
     if (not same or built.max_model_len < options.max_model_len
             or not same_architecture(built.model_dir, options.model_dir)):
         raise ValueError(f"this process's vLLM engine was built with {built}, which does not serve {options}")
@@ -174,6 +182,16 @@ def same_architecture(model_dir: str, other_dir: str) -> bool:
             return False
         configs.append({k: v for k, v in json.loads(path.read_text()).items() if k not in _CHECKPOINT_ONLY_KEYS})
     return configs[0] == configs[1]
+
+
+def close_engine() -> None:
+    """Shut this process's engine down, if it has one: its memory, and under several processes the
+    process groups vLLM made over the trainer's ranks, the trainer's own group included (see the
+    module docstring). The next `get_engine` builds a new one."""
+    global _ENGINE
+    if _ENGINE is not None:
+        _ENGINE.llm.llm_engine.engine_core.shutdown()
+        _ENGINE = None
 
 
 @contextlib.contextmanager
@@ -205,6 +223,8 @@ class Engine:
         # generator, which its CPU build cannot do (RuntimeError "CPU Generator does not use offset").
         # A step then takes whole prompts only, up to this many tokens (at least the longest sequence).
         kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(options.max_model_len, 4096))
+        if options.world_size > 1:
+            kwargs["distributed_executor_backend"] = "external_launcher"  # joins torchrun's process group
         with _own_random_state():
             self.llm = LLM(model=options.model_dir, dtype=options.dtype, seed=options.seed,
                            max_model_len=options.max_model_len, kv_cache_memory_bytes=options.kv_cache_bytes,

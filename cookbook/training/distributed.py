@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from cookbook.errors import InvalidOptionError
+from cookbook.sampling.vllm_engine import close_engine
 
 DistributedStrategy = Literal["auto", "ddp", "fsdp", "none"]
 # Below this many parameters a full replica per rank is cheap, and DDP's single all-reduce beats
@@ -58,7 +59,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=torch_device)
 
 
-_joined = False  # whether init_distributed made the process group (a vLLM engine makes its own)
+_joined = False  # whether init_distributed made the process group (alone, a vLLM engine makes its own)
 
 
 def shutdown_distributed(finished: bool = True) -> None:
@@ -68,7 +69,10 @@ def shutdown_distributed(finished: bool = True) -> None:
         if finished:
             # Gloo aborts a rank whose peer tore its connections down first; leave together.
             dist.barrier()
-        dist.destroy_process_group()
+        # A vLLM engine's groups live inside this one: the engine destroys them, and then this one.
+        close_engine()
+        if dist.is_initialized():
+            dist.destroy_process_group()
     _joined = False
 
 
