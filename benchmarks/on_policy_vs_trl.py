@@ -1,48 +1,65 @@
-"""On-policy preference training under one CPU budget: our recipe against TRL's OnlineDPOTrainer,
-judged by what each buys on IFEval per CPU-hour.
+"""Sampling trainers under one CPU budget: our on-policy DPO and RL (GRPO-family) recipes against
+TRL's OnlineDPOTrainer and GRPOTrainer, judged by what each buys on IFEval per CPU-hour.
 
-    # the comparison (both sides at once, ~40 minutes on 2 cores; see benchmarks/README.md), after
-    # bash benchmarks/setup_bench_env.sh:
-    benchmarks/.venv-bench/bin/python benchmarks/on_policy_vs_trl.py --cpu-budget-s 1250 --jobs 2 --skip-sampler \\
-        --out runs/on-policy-vs-trl
-    # a smoke run of the whole pipeline (a few CPU-minutes):
-    benchmarks/.venv-bench/bin/python benchmarks/on_policy_vs_trl.py --quick --out /tmp/opvt
-    # one side only:
-    .venv/bin/python benchmarks/on_policy_vs_trl.py --quick --skip-trl --out /tmp/opvt-ours
+    # after bash benchmarks/setup_bench_env.sh, with COOKBOOK_CACHE=/tmp/cbcache HF_HUB_OFFLINE=1:
+    # RL with verifiable rewards: ours on-policy DPO, ours RL, TRL's GRPOTrainer, 1,250 CPU-s each, two
+    # at a time on 2 cores, then three evals (about 50 minutes; record results/rl_vs_trl.json). NOT RUN YET:
+    benchmarks/.venv-bench/bin/python benchmarks/on_policy_vs_trl.py --sides ours_on_policy,ours_rl,trl_grpo \\
+        --cpu-budget-s 1250 --jobs 2 --skip-sampler --out runs/rl-vs-trl
+    # on-policy DPO against TRL's OnlineDPOTrainer (about 40 minutes; record results/on_policy_vs_trl.json):
+    benchmarks/.venv-bench/bin/python benchmarks/on_policy_vs_trl.py --sides ours_on_policy,trl_online_dpo \\
+        --cpu-budget-s 1250 --jobs 2 --skip-sampler --out runs/on-policy-vs-trl
+    # a smoke run of every side end to end (about 4 CPU-minutes, no record):
+    benchmarks/.venv-bench/bin/python benchmarks/on_policy_vs_trl.py --quick --skip-sampler --out /tmp/rlvt
 
-Writes, under --out: `ours/` (the recipe's log directory), `trl/` (TRL's run: `final/`, its per-step
-`log.jsonl`, `prompts.jsonl`: the prompts it trained on), `eval/<label>/` (inspect logs and
-summary.json of each trained model against the start), `results.json`, and the run's record in
-benchmarks/results/on_policy_vs_trl.json (`--json-out`; none for `--quick`); prints a markdown table: CPU-seconds, peak
-RSS, IFEval prompt-level strict before and after, the gain in points and the gain per CPU-hour, for
-ours and TRL, then ours / TRL.
+`--sides` (default all four): `ours_on_policy` (cookbook.recipes.preference.on_policy), `ours_rl`
+(cookbook.recipes.rl.train), `trl_grpo` (trl.GRPOTrainer), `trl_online_dpo`
+(trl.experimental.online_dpo.OnlineDPOTrainer). Writes, under --out: `<side>/` for each (ours: the
+recipe's log directory; TRL's: `final/`, its per-step `log.jsonl`, `prompts.jsonl`: the prompts it
+trained on, `result.json`), `<side>.log`, `eval/<side>/` (inspect logs and summary.json of each
+trained model against the start), `results.json`, and the run's record in benchmarks/results/
+(`rl_vs_trl.json` once an RL side runs, else `on_policy_vs_trl.json`; `--json-out`; none for
+`--quick`); prints a markdown table: CPU-seconds, peak RSS, IFEval prompt-level strict before and
+after, the gain in points with its 95% interval and the gain per CPU-hour, one row a side, then
+ours / TRL for every pair.
 
 Why it is built this way:
-- Same task on both sides: the `ifeval_synthetic` prompts (never the bundled eval prompts), the
+- Same task on every side: the `ifeval_synthetic` prompts (never the bundled eval prompts), the
   same reward (the strict fraction of a reply's IFEval instructions followed,
   `cookbook.eval.ifeval.score_response`; TRL gets it as a reward function), the same starting model
   (the bundled SmolLM2-135M-Instruct, by the directory of its dequantized weights), learning rate,
-  beta, sampling temperature, max_new_tokens and pairs per optimizer step.
-- What differs is each trainer's design: ours samples `--samples-per-prompt` replies and trains on
-  best-vs-worst pairs (tied groups carry no signal); TRL's OnlineDPOTrainer always samples 2 replies
-  per prompt, generates inside every training step, and trains on every pair, ties included (the
-  first sample is then "chosen"). TRL runs its best CPU configuration: `bf16=True` (autocast over
-  fp32 weights) and gradient checkpointing off (its default turns the KV cache off during
-  generation, which costs minutes per step on a CPU). TRL's reference is the starting model
-  throughout; ours is the recipe's default (the model each round starts from). The learning rate is
-  constant on both sides (ours: `lr_schedule=constant`): a run stopped by a budget has no known
-  length to decay over.
+  sampling temperature, max_new_tokens and replies per prompt (`--samples-per-prompt`: the RL
+  recipe's group_size, GRPO's num_generations; TRL's OnlineDPOTrainer always samples 2). The DPO
+  sides share beta and pairs per optimizer step; the RL sides share replies per step and per forward,
+  the advantage (`grpo`/`dr_grpo`: GRPO's `scale_rewards=group`/`none`), the loss aggregation
+  (`token`/`sequence`: GRPO's `loss_type=dapo`/`grpo`), the clip range (GRPO's `epsilon`,
+  `epsilon_high`), the KL weight (GRPO's `beta`; 0 loads no reference on either side) and updates
+  per batch (GRPO's `num_iterations`).
+- What differs is each trainer's design: our on-policy recipe samples `--samples-per-prompt`
+  replies and trains on best-vs-worst pairs (tied groups carry no signal); TRL's OnlineDPOTrainer
+  generates 2 replies inside every training step and trains on every pair, ties included. Our RL
+  recipe drops groups whose replies all scored the same before the trainer sees them; GRPOTrainer
+  trains on them at advantage 0 (no gradient, the forward and backward still spent) and divides by
+  the group's std + 1e-4 where ours adds 1e-6. TRL runs its best CPU configuration: `bf16=True`
+  (autocast over fp32 weights), gradient checkpointing off (its default turns the KV cache off
+  during generation, which costs minutes per step on a CPU), its own generate (`use_vllm=False`);
+  ours sample with the native sampler in the training process (`sampler=native`: a vLLM engine's
+  workers would escape the process's measured CPU and memory). The learning rate is constant on
+  every side: a run stopped by a budget has no known length to decay over. The learning rate and
+  temperature default to the on-policy recipe's (chosen on the dev half); the RL recipe's own are
+  untuned.
 - Each side trains in its own process, so its CPU-seconds and peak RSS (`os.wait4`'s rusage: all
   threads, setup and checkpoint writing included) are its own; `--threads 1` (the default) makes
   CPU-seconds robust to other jobs on the machine.
-- One budget: with `--cpu-budget-s`, TRL stops at the first step end after its process has spent
-  it (a TrainerCallback on `resource.getrusage`) and saves; ours samples rounds until its process
-  has spent it (unless --rounds is given) and then gets SIGTERM, which our loop answers by saving
-  a checkpoint at the step boundary (its newest checkpoint is then evaluated). Without `--cpu-budget-s`, ours runs its `--rounds` and TRL gets
-  exactly the CPU-seconds ours spent. Either way both overrun by less than a step, and the table
-  reports what each really spent.
+- One budget: with `--cpu-budget-s`, a TRL side stops at the first step end after its process has
+  spent it (a TrainerCallback on `resource.getrusage`) and saves; ours sample rounds until their
+  process has spent it (unless --rounds is given) and then get SIGTERM, which our loop answers by
+  saving a checkpoint at the step boundary (the newest checkpoint is then evaluated). Without
+  `--cpu-budget-s`, ours run their `--rounds` and each TRL side gets exactly the CPU-seconds its
+  counterpart spent (trl_online_dpo: ours_on_policy's, trl_grpo: ours_rl's). Either way every side
+  overruns by less than a step, and the table reports what each really spent.
 - Each trained model is evaluated beside the starting model: `cookbook.eval.run_inspect_evals
-  compare_model_path=...` on the test half of the bundled IFEval set (`--eval-split`; the recipe's
+  compare_model_path=...` on the test half of the bundled IFEval set (`--eval-split`; the recipes'
   defaults were tuned on the dev half; HF_HUB_OFFLINE=1 pins the bundled set), greedy, in its own
   process, which gives each side's gain with its paired-bootstrap 95% interval.
 - Part (b), generated tokens per CPU-second of our sampler against plain `transformers` generate,
@@ -51,7 +68,8 @@ Why it is built this way:
   `--skip-sampler` leaves it out).
 
 This module imports neither torch nor TRL at the top: the parent process only orchestrates, and
-the pure helpers (reward wrapper, table, ratios) are tested without TRL (tests/test_on_policy_benchmark.py).
+the pure helpers (reward wrapper, sides, settings, table, ratios) are tested without TRL
+(tests/test_on_policy_benchmark.py).
 """
 
 from __future__ import annotations
@@ -78,21 +96,34 @@ REPO = Path(__file__).resolve().parents[1]
 OURS_PYTHON = REPO / ".venv" / "bin" / "python"
 TRL_PYTHON = REPO / "benchmarks" / ".venv-bench" / "bin" / "python"
 SAMPLER_BENCHMARK = REPO / "benchmarks" / "sampler_throughput.py"
-RECIPE = "cookbook.recipes.preference.on_policy"
 BUNDLED_MODEL = "smollm2-135m-instruct"
 HEADLINE_METRIC = "prompt_level_strict"
 EXIT_STOPPED = 130  # our CLI's status for a run stopped by SIGINT/SIGTERM (after it saved)
 
-# Defaults of the full comparison: the recipe's own (micro-batches of 4 pairs keep TRL's trainer under
-# ~10 GiB), and the smoke configuration --quick puts in their place (an option given on the command
-# line wins over both).
+# The sides, in the order they train (ours first: without --cpu-budget-s a TRL side's budget is what
+# its counterpart of ours spent). The recipe module of each of ours; the counterpart of each of TRL's.
+SIDES = ("ours_on_policy", "ours_rl", "trl_grpo", "trl_online_dpo")
+RECIPES = {"ours_on_policy": "cookbook.recipes.preference.on_policy", "ours_rl": "cookbook.recipes.rl.train"}
+COUNTERPARTS = {"trl_online_dpo": "ours_on_policy", "trl_grpo": "ours_rl"}
+RL_SIDES = ("ours_rl", "trl_grpo")
+
+# Defaults of the full comparison: the on-policy recipe's own, chosen on the dev half (micro-batches
+# of 4 pairs, or 8 replies, keep TRL's trainers under ~10 GiB), and the smoke configuration --quick
+# puts in their place (an option given on the command line wins over both). The RL sides' batch is the
+# RL recipe's (64 replies a step, 16 prompts x 4); the learning rate and temperature are the on-policy
+# recipe's for every side (the RL recipe's own, 1e-5 and 1.0, are untuned and gained nothing).
 DEFAULTS = dict(num_prompts=256, prompts_per_round=64, samples_per_prompt=4, max_new_tokens=256, temperature=0.7,
-                lr=3e-5, beta=0.1, batch_size=16, micro_batch_size=4, rounds=2, steps_per_round=None,
-                trl_max_steps=None, eval_limit=None, eval_max_tokens=512)
+                lr=3e-5, beta=0.1, batch_size=16, micro_batch_size=4, rl_batch_size=64, rl_micro_batch_size=8,
+                rounds=2, steps_per_round=None, trl_max_steps=None, eval_limit=None, eval_max_tokens=512)
 # With a budget and no --rounds, ours runs rounds until the budget stops it.
 UNTIL_BUDGET_ROUNDS = 10_000
-QUICK = dict(num_prompts=4, prompts_per_round=4, samples_per_prompt=4, max_new_tokens=16, batch_size=2,
-             micro_batch_size=2, rounds=1, steps_per_round=2, trl_max_steps=2, eval_limit=4, eval_max_tokens=32)
+QUICK = dict(num_prompts=8, prompts_per_round=8, samples_per_prompt=4, max_new_tokens=16, batch_size=2,
+             micro_batch_size=2, rl_batch_size=8, rl_micro_batch_size=4, rounds=1, steps_per_round=2,
+             trl_max_steps=2, eval_limit=4, eval_max_tokens=32)
+# Our RL recipe's advantages and loss aggregations, as GRPOConfig names them (rloo has no GRPOConfig
+# equivalent: TRL has a separate trainer for it).
+GRPO_SCALE_REWARDS = {"grpo": "group", "dr_grpo": "none"}
+GRPO_LOSS_TYPES = {"token": "dapo", "sequence": "grpo"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,18 +206,23 @@ def format_table(sides: dict[str, dict[str, Any]], before: float | None) -> str:
     return "\n".join(lines)
 
 
-def format_ratios(sides: dict[str, dict[str, Any]], before: float | None) -> str:
-    if "ours" not in sides or "trl" not in sides:
-        return ""
-    ours, trl = side_figures(sides["ours"], before), side_figures(sides["trl"], before)
+def ratio_line(ours_name: str, trl_name: str, ours: dict[str, Any], trl: dict[str, Any]) -> str:
+    """ours / TRL of each figure (side_figures of each)."""
+    no_gain = f" ({trl_name} gained nothing)" if trl["gain_points"] is not None and trl["gain_points"] <= 0 else ""
 
     def times(key: str, why: str = "") -> str:
         value = ratio(ours[key], trl[key])
         return f"x{value:.2f}" if value is not None else f"n/a{why}"
 
-    no_gain = " (TRL gained nothing)" if trl["gain_points"] is not None and trl["gain_points"] <= 0 else ""
-    return (f"- ours / TRL: IFEval gain per CPU-hour {times('gain_per_cpu_hour', no_gain)}, "
+    return (f"- {ours_name} / {trl_name}: IFEval gain per CPU-hour {times('gain_per_cpu_hour', no_gain)}, "
             f"gain {times('gain_points', no_gain)}, CPU-s {times('cpu_seconds')}, peak RSS {times('peak_rss_gib')}")
+
+
+def format_ratios(sides: dict[str, dict[str, Any]], before: float | None) -> str:
+    """One line per (ours, TRL) pair of the sides run."""
+    figures = {name: side_figures(side, before) for name, side in sides.items()}
+    return "\n".join(ratio_line(ours, trl, figures[ours], figures[trl])
+                     for ours in figures if ours.startswith("ours_") for trl in figures if trl.startswith("trl_"))
 
 
 def prompt_level_metrics(summary: dict[str, Any], task: str = "cookbook/ifeval", label: str = "model") -> dict[str, float]:
@@ -267,36 +303,48 @@ def _tail(path: Path, lines: int = 8) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Ours: the recipe, through its CLI
+# Ours: the recipes, through their CLIs
 
 
-def ours_command(args) -> list[str]:
-    options = {
-        "log_path": args.out / "ours", "prompts": "ifeval_synthetic", "prompts.num_prompts": args.num_prompts,
-        "prompts.seed": args.prompt_seed, "reward": "ifeval", "rounds": args.rounds,
-        "prompts_per_round": args.prompts_per_round, "lr_schedule": "constant",
-        "samples_per_prompt": args.samples_per_prompt, "steps_per_round": args.steps_per_round,
-        "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size, "learning_rate": args.lr,
-        "dpo_beta": args.beta, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-        "eval_ifeval": "false", "behavior_if_log_dir_exists": "delete",
-    }
+def _shared_options(args, side: str) -> dict[str, Any]:
+    """What both of our recipes take alike. The native sampler on both: it samples in the training
+    process, as TRL's generate does, where a vLLM engine's worker processes would escape this
+    process's CPU-seconds and peak RSS."""
+    return {"log_path": args.out / side, "prompts": "ifeval_synthetic", "prompts.num_prompts": args.num_prompts,
+            "prompts.seed": args.prompt_seed, "reward": "ifeval", "rounds": args.rounds, "lr_schedule": "constant",
+            "learning_rate": args.lr, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+            "sampler": "native", "seed": args.seed, "behavior_if_log_dir_exists": "delete"}
+
+
+def ours_command(args, side: str = "ours_on_policy") -> list[str]:
+    if side == "ours_on_policy":
+        options = {"prompts_per_round": args.prompts_per_round, "samples_per_prompt": args.samples_per_prompt,
+                   "steps_per_round": args.steps_per_round, "batch_size": args.batch_size,
+                   "micro_batch_size": args.micro_batch_size, "dpo_beta": args.beta, "eval_ifeval": "false"}
+        extra = args.ours_arg
+    else:
+        options = {"group_size": args.samples_per_prompt, "batch_size": args.rl_batch_size,
+                   "micro_batch_size": args.rl_micro_batch_size, "advantage": args.advantage,
+                   "loss_aggregation": args.loss_aggregation, "clip_low": args.clip_low, "clip_high": args.clip_high,
+                   "kl_coef": args.kl_coef, "updates_per_batch": args.updates_per_batch}
+        extra = args.rl_arg
+    options = {**_shared_options(args, side), **options}
     argv = [f"{key}={value}" for key, value in options.items() if value is not None]
-    return [str(args.ours_python), "-m", RECIPE, *argv, *args.ours_arg]
+    return [str(args.ours_python), "-m", RECIPES[side], *argv, *extra]
 
 
-def run_ours(args, budget: float | None) -> dict[str, Any]:
-    log_path = args.out / "ours"
-    # Start clean: the recipe reuses a round's stored samples (rounds/<n>/) found in its log_path,
+def run_ours(args, side: str, budget: float | None) -> dict[str, Any]:
+    log_path, log_file = args.out / side, args.out / f"{side}.log"
+    # Start clean: the recipes reuse a round's stored samples (rounds/<n>/) found in their log_path,
     # even from a run with other settings that stopped before its first step.
     shutil.rmtree(log_path, ignore_errors=True)
-    child = run_child(ours_command(args), child_env(args.threads), args.out / "ours.log", budget)
+    child = run_child(ours_command(args, side), child_env(args.threads), log_file, budget)
     checkpoint = newest_checkpoint(log_path)
-    log_tail = _tail(args.out / "ours.log")
-    # Exit 2 with a checkpoint: the recipe stopped itself (a round whose replies all tied gives no
-    # pair); the model it trained so far is what this side bought.
+    log_tail = _tail(log_file)
+    # Exit 2 with a checkpoint: the recipe stopped itself (on-policy: a round whose replies all tied
+    # gives no pair; RL: max_empty_rounds rounds of such groups); the model so far is what it bought.
     if checkpoint is None or child.returncode not in (0, 2, EXIT_STOPPED):
-        raise SystemExit(f"our recipe failed (exit {child.returncode}); last lines of {args.out / 'ours.log'}:\n"
-                         f"{log_tail}")
+        raise SystemExit(f"{side} failed (exit {child.returncode}); last lines of {log_file}:\n{log_tail}")
     stopped_by = "budget" if child.stopped_by_budget else "rounds done"
     if child.returncode == 2:
         error = next((line for line in reversed(log_tail.splitlines()) if line.startswith("error:")), "error")
@@ -312,7 +360,7 @@ def _read_lines(path: Path) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Prompts (shared by both sides)
+# Prompts (shared by every side)
 
 
 def load_prompt_rows(num_prompts: int, seed: int, stand_in: bool) -> list[dict[str, Any]]:
@@ -332,28 +380,26 @@ def load_prompt_rows(num_prompts: int, seed: int, stand_in: bool) -> list[dict[s
 
 
 # ----------------------------------------------------------------------------------------------
-# TRL's OnlineDPOTrainer (runs in benchmarks/.venv-bench, as a child of the driver)
+# TRL's trainers (run in benchmarks/.venv-bench, as children of the driver)
 
 
-def trl_config_kwargs(args, output_dir: str) -> dict[str, Any]:
-    """OnlineDPOConfig's options for this comparison (kept separate so the report can print them)."""
-    accumulation, remainder = divmod(args.batch_size, args.micro_batch_size)
+def _accumulation(batch_size: int, micro_batch_size: int, batch_option: str) -> int:
+    accumulation, remainder = divmod(batch_size, micro_batch_size)
     if remainder:
-        raise SystemExit(f"--batch-size {args.batch_size} is not a multiple of --micro-batch-size {args.micro_batch_size}")
+        raise SystemExit(f"{batch_option} {batch_size} is not a multiple of its micro-batch size {micro_batch_size}")
+    return accumulation
+
+
+def _trainer_kwargs(args, output_dir: str) -> dict[str, Any]:
+    """The options both TRL configs share: the schedule, sampling and TRL's best CPU configuration."""
     return dict(
         output_dir=output_dir,
-        per_device_train_batch_size=args.micro_batch_size,  # prompts per forward; one pair each
-        gradient_accumulation_steps=accumulation,  # pairs per optimizer step = ours' batch_size
         max_steps=args.trl_max_steps or 1_000_000,  # the CPU budget ends the run
         learning_rate=args.lr,
         lr_scheduler_type="constant",
         warmup_steps=0,
         weight_decay=0.0,
         max_grad_norm=1.0,
-        beta=[args.beta],
-        loss_type="sigmoid",
-        max_new_tokens=args.max_new_tokens,
-        max_length=args.max_new_tokens + 512,  # never truncates a prompt (TRL cuts prompts from the left)
         temperature=args.temperature,
         top_k=0,
         top_p=1.0,
@@ -369,20 +415,79 @@ def trl_config_kwargs(args, output_dir: str) -> dict[str, Any]:
     )
 
 
+def online_dpo_config_kwargs(args, output_dir: str) -> dict[str, Any]:
+    """OnlineDPOConfig's options: pairs per optimizer step = our on-policy batch_size."""
+    return dict(
+        **_trainer_kwargs(args, output_dir),
+        per_device_train_batch_size=args.micro_batch_size,  # prompts per forward; one pair each
+        gradient_accumulation_steps=_accumulation(args.batch_size, args.micro_batch_size, "--batch-size"),
+        beta=[args.beta],
+        loss_type="sigmoid",
+        max_new_tokens=args.max_new_tokens,
+        max_length=args.max_new_tokens + 512,  # never truncates a prompt (TRL cuts prompts from the left)
+    )
+
+
+def grpo_config_kwargs(args, output_dir: str) -> dict[str, Any]:
+    """GRPOConfig's options: our RL recipe's settings under TRL's names. Its batch sizes count
+    replies, as ours do; one generation of --rl-batch-size replies per optimizer step (TRL's default
+    steps_per_generation = the accumulation steps), each reused num_iterations times."""
+    if args.advantage not in GRPO_SCALE_REWARDS:
+        raise SystemExit(f"--advantage {args.advantage} has no GRPOTrainer equivalent "
+                         f"(one of {', '.join(GRPO_SCALE_REWARDS)})")
+    return dict(
+        **_trainer_kwargs(args, output_dir),
+        per_device_train_batch_size=args.rl_micro_batch_size,  # replies per forward
+        gradient_accumulation_steps=_accumulation(args.rl_batch_size, args.rl_micro_batch_size, "--rl-batch-size"),
+        num_generations=args.samples_per_prompt,  # our group_size
+        max_completion_length=args.max_new_tokens,
+        num_iterations=args.updates_per_batch,
+        scale_rewards=GRPO_SCALE_REWARDS[args.advantage],
+        loss_type=GRPO_LOSS_TYPES[args.loss_aggregation],
+        epsilon=args.clip_low,
+        epsilon_high=args.clip_high,
+        beta=args.kl_coef,  # 0: no reference model is loaded, as ours loads none with kl_coef=0
+        mask_truncated_completions=False,  # ours trains on cut-off replies too
+        use_vllm=False,
+    )
+
+
+def generation_uses_cache(trainer: Any) -> bool:
+    """Whether the trainer's generate keeps a KV cache: its generation config's use_cache, where
+    unset (GRPOTrainer leaves it None) the model's generation config's, where unset transformers'
+    default (True)."""
+    for value in (trainer.generation_config.use_cache, getattr(trainer.model.generation_config, "use_cache", None)):
+        if value is not None:
+            return bool(value)
+    return True
+
+
+# side -> (module, config class, trainer class, its config options, its sampled-reward log key)
+TRL_TRAINERS = {
+    "trl_online_dpo": ("trl.experimental.online_dpo", "OnlineDPOConfig", "OnlineDPOTrainer",
+                       online_dpo_config_kwargs, "objective/scores"),
+    "trl_grpo": ("trl", "GRPOConfig", "GRPOTrainer", grpo_config_kwargs, "reward"),
+}
+
+
 def trl_main(args) -> None:
-    """Train with OnlineDPOTrainer until the CPU budget is spent; write final/ and result.json."""
+    """Train with the TRL trainer of side `args.run_trl` until the CPU budget is spent; write
+    final/ and result.json."""
+    import importlib
+
     import datasets
     import torch
     import transformers
     import trl
     from transformers import AutoModelForCausalLM, TrainerCallback
-    from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
     from cookbook.models import bundled_model_dir, load_tokenizer
     from cookbook.renderers import default_renderer_name, get_renderer
 
+    module, config_name, trainer_name, config_options, _ = TRL_TRAINERS[args.run_trl]
+    config_class, trainer_class = (getattr(importlib.import_module(module), name) for name in (config_name, trainer_name))
     torch.set_num_threads(args.threads)
-    out = args.out / "trl"
+    out = args.out / args.run_trl
     out.mkdir(parents=True, exist_ok=True)
     rows = load_prompt_rows(args.num_prompts, args.prompt_seed, args.stand_in_prompts)
     with open(out / "prompts.jsonl", "w") as f:
@@ -420,12 +525,12 @@ def trl_main(args) -> None:
             self.log.flush()
 
     callback = CPUBudget()
-    config_kwargs = trl_config_kwargs(args, str(out / "trainer"))
-    trainer = OnlineDPOTrainer(model=model, reward_funcs=ifeval_reward, args=OnlineDPOConfig(**config_kwargs),
-                               train_dataset=dataset, processing_class=tokenizer, callbacks=[callback])
+    config_kwargs = config_options(args, str(out / "trainer"))
+    trainer = trainer_class(model=model, reward_funcs=ifeval_reward, args=config_class(**config_kwargs),
+                            train_dataset=dataset, processing_class=tokenizer, callbacks=[callback])
     # The two settings this comparison depends on, as the trainer resolved them.
-    if not trainer.generation_config.use_cache or trainer.accelerator.mixed_precision != "bf16":
-        raise SystemExit(f"TRL would run with use_cache={trainer.generation_config.use_cache}, "
+    if not generation_uses_cache(trainer) or trainer.accelerator.mixed_precision != "bf16":
+        raise SystemExit(f"TRL would run with use_cache={generation_uses_cache(trainer)}, "
                          f"mixed_precision={trainer.accelerator.mixed_precision}")
     trainer.train()
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -438,21 +543,22 @@ def trl_main(args) -> None:
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
-def run_trl(args, budget: float | None) -> dict[str, Any]:
-    command = [str(args.trl_python), str(Path(__file__).resolve()), *args.argv, "--run-trl",
+def run_trl(args, side: str, budget: float | None) -> dict[str, Any]:
+    command = [str(args.trl_python), str(Path(__file__).resolve()), *args.argv, "--run-trl", side,
                "--trl-cpu-budget-s", "none" if budget is None else str(budget)]
-    child = run_child(command, child_env(args.threads), args.out / "trl.log")
-    result_file = args.out / "trl" / "result.json"
+    log_file = args.out / f"{side}.log"
+    child = run_child(command, child_env(args.threads), log_file)
+    result_file = args.out / side / "result.json"
     if child.returncode != 0 or not result_file.exists():
-        raise SystemExit(f"the TRL run failed (exit {child.returncode}); last lines of {args.out / 'trl.log'}:\n"
-                         f"{_tail(args.out / 'trl.log')}")
+        raise SystemExit(f"{side} failed (exit {child.returncode}); last lines of {log_file}:\n{_tail(log_file)}")
     result = json.loads(result_file.read_text())
     if result["prompt_template_mismatches"]:
         print(f"warning: TRL's chat template gives other prompt tokens than our renderer for "
               f"{result['prompt_template_mismatches']} prompts", flush=True)
-    steps = [json.loads(line) for line in _read_lines(args.out / "trl" / "log.jsonl")]
-    return {**asdict(child), **result, "checkpoint": str(args.out / "trl" / "final"),
-            "sampled_reward_by_step": [s["objective/scores"] for s in steps if "objective/scores" in s]}
+    reward_key = TRL_TRAINERS[side][-1]
+    steps = [json.loads(line) for line in _read_lines(args.out / side / "log.jsonl")]
+    return {**asdict(child), **result, "checkpoint": str(args.out / side / "final"),
+            "sampled_reward_by_step": [s[reward_key] for s in steps if reward_key in s]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -466,7 +572,7 @@ def evaluate(args, label: str, model_path: str) -> dict[str, Any]:
     options = {"model_path": model_path, "compare_model_path": BUNDLED_MODEL, "tasks": "cookbook/ifeval",
                "ifeval_source": "bundled", "ifeval_split": args.eval_split, "temperature": 0,
                "max_tokens": args.eval_max_tokens, "limit": args.eval_limit, "log_dir": log_dir,
-               "batch_size": args.eval_batch_size,
+               "batch_size": args.eval_batch_size, "sampler": "native",  # one vLLM engine per process: two models
                "num_threads": args.threads, "display": "plain"}
     command = [str(args.ours_python), "-m", "cookbook.eval.run_inspect_evals",
                *(f"{k}={v}" for k, v in options.items() if v is not None)]
@@ -527,29 +633,59 @@ def run_jobs(jobs: dict[str, Callable[[], Any]], at_once: int) -> Iterator[tuple
             yield name, future.result()
 
 
+def side_list(text: str) -> list[str]:
+    """--sides: comma-separated names of SIDES, returned in SIDES' order (ours before TRL's)."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SIDES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown side(s) {', '.join(unknown) or '(none)'}; "
+                                         f"choose from {', '.join(SIDES)}")
+    return [name for name in SIDES if name in names]
+
+
+def record_name(sides: list[str]) -> str:
+    """The record's file under benchmarks/results/: the RL comparison's once an RL side runs."""
+    return "rl_vs_trl.json" if any(side in RL_SIDES for side in sides) else "on_policy_vs_trl.json"
+
+
 def parse_args(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="output directory (results.json, logs, checkpoints)")
+    parser.add_argument("--sides", type=side_list, default=list(SIDES),
+                        help=f"comma-separated sides to train and evaluate (default all: {','.join(SIDES)})")
     parser.add_argument("--json-out", type=Path, default=None,
-                        help="where the run's record goes (default benchmarks/results/on_policy_vs_trl.json; "
-                             "--quick writes none unless given)")
+                        help="where the run's record goes (default benchmarks/results/rl_vs_trl.json with an RL side, "
+                             "else on_policy_vs_trl.json; --quick writes none unless given)")
     parser.add_argument("--cpu-budget-s", type=float, default=None,
-                        help="CPU-seconds each side may spend (whole training process); default: ours runs its "
-                             "--rounds and TRL gets what ours spent")
+                        help="CPU-seconds each side may spend (whole training process); default: ours run their "
+                             "--rounds and each TRL side gets what its counterpart of ours spent")
     parser.add_argument("--quick", action="store_true", help="tiny smoke configuration (see QUICK in the source)")
     parser.add_argument("--num-prompts", type=int)
-    parser.add_argument("--samples-per-prompt", type=int, help="ours only: TRL's OnlineDPOTrainer always samples 2")
+    parser.add_argument("--samples-per-prompt", type=int,
+                        help="replies per prompt: the on-policy recipe's samples_per_prompt, the RL recipe's "
+                             "group_size, GRPO's num_generations (TRL's OnlineDPOTrainer always samples 2)")
     parser.add_argument("--max-new-tokens", type=int)
     parser.add_argument("--temperature", type=float)
     parser.add_argument("--lr", type=float)
-    parser.add_argument("--beta", type=float)
-    parser.add_argument("--batch-size", type=int, help="pairs per optimizer step (TRL: prompts per step)")
-    parser.add_argument("--micro-batch-size", type=int)
+    parser.add_argument("--beta", type=float, help="DPO sides: the DPO beta")
+    parser.add_argument("--batch-size", type=int, help="DPO sides: pairs per optimizer step (TRL: prompts per step)")
+    parser.add_argument("--micro-batch-size", type=int, help="DPO sides: pairs per forward")
+    parser.add_argument("--rl-batch-size", type=int, help="RL sides: replies per optimizer step (default 64)")
+    parser.add_argument("--rl-micro-batch-size", type=int, help="RL sides: replies per forward (default 8)")
+    parser.add_argument("--advantage", default="grpo", choices=["grpo", "dr_grpo", "rloo"],
+                        help="RL sides: our advantage; GRPO's scale_rewards group (grpo) or none (dr_grpo)")
+    parser.add_argument("--loss-aggregation", default="token", choices=list(GRPO_LOSS_TYPES),
+                        help="RL sides: token (GRPO's loss_type dapo) or sequence (loss_type grpo)")
+    parser.add_argument("--clip-low", type=float, default=0.2, help="RL sides: GRPO's epsilon")
+    parser.add_argument("--clip-high", type=float, default=0.2, help="RL sides: GRPO's epsilon_high")
+    parser.add_argument("--kl-coef", type=float, default=0.0, help="RL sides: GRPO's beta (0: no reference model)")
+    parser.add_argument("--updates-per-batch", type=int, default=1, help="RL sides: GRPO's num_iterations")
     parser.add_argument("--rounds", type=int,
-                        help="ours: sampling rounds (default 2, the recipe's; with --cpu-budget-s, as many as the budget allows)")
-    parser.add_argument("--prompts-per-round", type=int, help="ours: prompts sampled per round (default 64, the recipe's)")
-    parser.add_argument("--steps-per-round", type=int, help="ours: optimizer steps per round (default: the recipe's)")
+                        help="ours: sampling rounds (default 2; an RL round is one batch; with --cpu-budget-s, as "
+                             "many as the budget allows)")
+    parser.add_argument("--prompts-per-round", type=int, help="ours on-policy: prompts sampled per round (default 64)")
+    parser.add_argument("--steps-per-round", type=int, help="ours on-policy: optimizer steps per round (default: the recipe's)")
     parser.add_argument("--trl-max-steps", type=int, help="TRL: stop after this many steps even within the budget")
     parser.add_argument("--eval-split", default="test", choices=["test", "dev", "all"],
                         help="half of the bundled IFEval prompts to evaluate on (test: where figures are reported)")
@@ -558,59 +694,72 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--eval-batch-size", type=int, default=32, help="requests the eval generates together")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every child process")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="child processes at once: 2 trains both sides together, then runs the evals two at a "
-                             "time (needs --cpu-budget-s: without one, TRL's budget is what ours spent)")
+                        help="child processes at once: 2 trains two sides together, then runs the evals two at a "
+                             "time (needs --cpu-budget-s: without one, a TRL side's budget is what ours spent)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prompt-seed", type=int, default=0, help="seed of the ifeval_synthetic prompts")
-    parser.add_argument("--skip-ours", action="store_true")
-    parser.add_argument("--skip-trl", action="store_true")
     parser.add_argument("--skip-eval", action="store_true", help="train only (no IFEval before/after)")
     parser.add_argument("--stand-in-prompts", action="store_true",
                         help="TRL smoke tests only: train on the bundled IFEval eval rows instead of ifeval_synthetic")
     parser.add_argument("--ours-arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra option for the recipe (repeatable)")
+                        help="extra option for the on-policy recipe (repeatable)")
+    parser.add_argument("--rl-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra option for the RL recipe (repeatable)")
     parser.add_argument("--skip-sampler", action="store_true", help="skip part (b), sampler_throughput.py")
     parser.add_argument("--sampler-args", default=None,
                         help="options for benchmarks/sampler_throughput.py (default: this run's sampling settings)")
     parser.add_argument("--ours-python", type=Path, default=OURS_PYTHON)
     parser.add_argument("--trl-python", type=Path, default=TRL_PYTHON)
-    parser.add_argument("--run-trl", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--run-trl", choices=list(TRL_TRAINERS), help=argparse.SUPPRESS)
     parser.add_argument("--trl-cpu-budget-s", type=lambda s: None if s == "none" else float(s), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.cpu_budget_s is not None and args.rounds is None:
         args.rounds = UNTIL_BUDGET_ROUNDS
     if args.jobs > 1 and args.cpu_budget_s is None:
-        parser.error("--jobs > 1 needs --cpu-budget-s: without one, TRL's budget is what ours spent, so it runs after ours")
+        parser.error("--jobs > 1 needs --cpu-budget-s: without one, a TRL side's budget is what its counterpart of "
+                     "ours spent, so it runs after it")
     for key, value in {**DEFAULTS, **(QUICK if args.quick else {})}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.cpu_budget_s is None and args.trl_max_steps is None and args.run_trl is None:
+        alone = [side for side, ours in COUNTERPARTS.items() if side in args.sides and ours not in args.sides]
+        if alone:
+            parser.error(f"{', '.join(alone)} without {', '.join(COUNTERPARTS[s] for s in alone)} needs --cpu-budget-s "
+                         "(or --trl-max-steps): a TRL side's budget is otherwise what its counterpart of ours spent")
+    if "trl_grpo" in args.sides and args.advantage not in GRPO_SCALE_REWARDS:
+        parser.error(f"--advantage {args.advantage} has no GRPOTrainer equivalent: leave trl_grpo out of --sides")
+    if args.stand_in_prompts and any(side.startswith("ours_") for side in args.sides) and args.run_trl is None:
+        parser.error("--stand-in-prompts trains on the eval prompts: only for TRL smoke tests (--sides of TRL's only)")
     args.out = args.out.resolve()
     return args
+
+
+def side_budget(args, side: str, sides: dict[str, dict[str, Any]]) -> float | None:
+    """A side's CPU budget: --cpu-budget-s, or without one, for a TRL side, what its counterpart of
+    ours spent (which trained before it: parse_args keeps --jobs 1 then)."""
+    if args.cpu_budget_s is not None or side not in COUNTERPARTS:
+        return args.cpu_budget_s
+    return sides.get(COUNTERPARTS[side], {}).get("cpu_seconds")
+
+
+def train_side(args, side: str, sides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    budget = side_budget(args, side, sides)
+    return run_ours(args, side, budget) if side in RECIPES else run_trl(args, side, budget)
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    args.argv = [a for a in argv if a not in ("--skip-trl", "--skip-ours")]
+    args.argv = argv
     if args.run_trl:
         return trl_main(args)
-    if args.stand_in_prompts and not args.skip_ours:
-        raise SystemExit("--stand-in-prompts trains on the eval prompts: only for TRL smoke tests (add --skip-ours)")
-    if args.skip_ours and args.cpu_budget_s is None and not args.skip_trl and args.trl_max_steps is None:
-        raise SystemExit("--skip-ours needs --cpu-budget-s (or --trl-max-steps): TRL's budget is otherwise what ours spent")
     args.out.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from run_record import RESULTS_DIR, finish_record, start_record
 
     record = start_record(__file__, argv)
-    trainers = {}
-    if not args.skip_ours:
-        trainers["ours"] = lambda: run_ours(args, args.cpu_budget_s)
-    if not args.skip_trl:
-        # Without a budget TRL gets what ours spent: it starts after ours (parse_args keeps --jobs 1 then).
-        trainers["trl"] = lambda: run_trl(args, args.cpu_budget_s if args.cpu_budget_s is not None
-                                          else sides.get("ours", {}).get("cpu_seconds"))
     sides: dict[str, dict[str, Any]] = {}
+    trainers = {side: lambda side=side: train_side(args, side, sides) for side in args.sides}
     for name, side in run_jobs(trainers, args.jobs):
         sides[name] = side
         print(f"{name}: {side['cpu_seconds']:.0f} CPU-s, peak RSS {side['peak_rss_bytes'] / 2**30:.2f} GiB, "
@@ -624,8 +773,10 @@ def main(argv: list[str] | None = None) -> None:
         before = None if base is None else base[HEADLINE_METRIC]
     sampler = None if args.skip_sampler else run_sampler(args)
 
-    settings = {k: getattr(args, k) for k in ("num_prompts", "samples_per_prompt", "max_new_tokens", "temperature",
-                                              "lr", "beta", "batch_size", "micro_batch_size", "rounds",
+    settings = {k: getattr(args, k) for k in ("sides", "num_prompts", "samples_per_prompt", "max_new_tokens",
+                                              "temperature", "lr", "beta", "batch_size", "micro_batch_size",
+                                              "rl_batch_size", "rl_micro_batch_size", "advantage", "loss_aggregation",
+                                              "clip_low", "clip_high", "kl_coef", "updates_per_batch", "rounds",
                                               "steps_per_round", "cpu_budget_s", "eval_limit", "eval_max_tokens",
                                               "threads")}
     print()
@@ -641,7 +792,7 @@ def main(argv: list[str] | None = None) -> None:
                "table": format_table(sides, before), "ratios": format_ratios(sides, before)}
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"\nresults: {args.out / 'results.json'}")
-    record_path = args.json_out or (None if args.quick else RESULTS_DIR / "on_policy_vs_trl.json")
+    record_path = args.json_out or (None if args.quick else RESULTS_DIR / record_name(args.sides))
     if record_path:
         record.update(json.loads(json.dumps(results, default=str)))
         print(f"record: {finish_record(record, record_path)}")

@@ -139,3 +139,14 @@ def test_ifeval_source_reaches_the_task(tiny_model_dir, tmp_path):
     assert log.eval.dataset.name == "ifeval (bundled)"
     with pytest.raises(chz.blueprint.InvalidBlueprintArg, match="ifeval_source"):
         cli([f"model_path={tiny_model_dir}", "ifeval_source=nope"])
+
+
+def test_sampler_reaches_the_provider(tiny_model_dir, tmp_path, capsys):
+    """`sampler=native` is what a compare run needs where vLLM is installed: one engine per process."""
+    status = cli([f"model_path={tiny_model_dir}", "renderer_name=chatml", "tasks=cookbook/ifeval", "ifeval_source=bundled",
+                  "sampler=native", "limit=1", "max_tokens=2", "batch_size=1", "display=none", f"log_dir={tmp_path}"])
+    assert status == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["run"]["sampler"] == "native"
+    assert "cookbook provider: native sampler (sampler=native)" in capsys.readouterr().out
+    with pytest.raises(chz.blueprint.InvalidBlueprintArg, match="sampler"):
+        cli([f"model_path={tiny_model_dir}", "sampler=nope"])

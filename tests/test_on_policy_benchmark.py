@@ -1,9 +1,10 @@
-"""The on-policy benchmark's own parts (benchmarks/on_policy_vs_trl.py) that need neither TRL nor a
-model: the reward wrapper TRL calls, the CPU-budget stop, reading the eval's summary, the figures
-and the table. TRL itself lives only in benchmarks/.venv-bench and is never imported here."""
+"""The on-policy and RL benchmark's own parts (benchmarks/on_policy_vs_trl.py) that need neither TRL
+nor a model: the reward wrapper TRL calls, the CPU-budget stop, reading the eval's summary, the
+sides and their settings, the figures and the table. TRL itself lives only in benchmarks/.venv-bench and is never imported here."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import sys
@@ -65,22 +66,37 @@ def _side(cpu, rss_gib, after, steps=3, stopped_by="budget"):
 
 
 def test_table_and_ratio_line(bench):
-    sides = {"ours": _side(1800, 3.0, 0.30), "trl": _side(3600, 6.0, 0.275)}
-    sides["ours"]["eval"]["gain_interval"] = [-0.0125, 0.1]  # the eval's paired interval, as a fraction
+    sides = {"ours_on_policy": _side(1800, 3.0, 0.30), "trl_online_dpo": _side(3600, 6.0, 0.275)}
+    sides["ours_on_policy"]["eval"]["gain_interval"] = [-0.0125, 0.1]  # the eval's paired interval, as a fraction
     table = bench.format_table(sides, before=0.25)
     assert table.splitlines()[2] == (
-        "| ours | 3 | 1,800 | 2,700 | 3.00 | 0.2500 | 0.3000 | +5.0 | [-1.2, +10.0] | +10.00 | budget |")
-    assert table.splitlines()[3].startswith("| trl | 3 | 3,600 | 5,400 | 6.00 | 0.2500 | 0.2750 | +2.5 | n/a | +2.50 |")
+        "| ours_on_policy | 3 | 1,800 | 2,700 | 3.00 | 0.2500 | 0.3000 | +5.0 | [-1.2, +10.0] | +10.00 | budget |")
+    assert table.splitlines()[3].startswith(
+        "| trl_online_dpo | 3 | 3,600 | 5,400 | 6.00 | 0.2500 | 0.2750 | +2.5 | n/a | +2.50 |")
     # ours: 5 points in half an hour = 10/h; TRL: 2.5 points in an hour = 2.5/h.
     assert bench.format_ratios(sides, before=0.25) == (
-        "- ours / TRL: IFEval gain per CPU-hour x4.00, gain x2.00, CPU-s x0.50, peak RSS x0.50")
+        "- ours_on_policy / trl_online_dpo: IFEval gain per CPU-hour x4.00, gain x2.00, CPU-s x0.50, peak RSS x0.50")
 
 
 def test_ratio_line_when_trl_gained_nothing(bench):
-    sides = {"ours": _side(1800, 3.0, 0.30), "trl": _side(1800, 6.0, 0.25)}
+    sides = {"ours_on_policy": _side(1800, 3.0, 0.30), "trl_online_dpo": _side(1800, 6.0, 0.25)}
     line = bench.format_ratios(sides, before=0.25)
-    assert "gain per CPU-hour n/a (TRL gained nothing)" in line and "CPU-s x1.00" in line
-    assert bench.format_ratios({"ours": sides["ours"]}, before=0.25) == ""  # one side: no ratio
+    assert "gain per CPU-hour n/a (trl_online_dpo gained nothing)" in line and "CPU-s x1.00" in line
+    assert bench.format_ratios({"ours_on_policy": sides["ours_on_policy"]}, before=0.25) == ""  # one side: no ratio
+
+
+def test_four_sides_give_a_row_each_and_a_ratio_per_ours_trl_pair(bench):
+    """Rows in the order the sides ran; ratio lines for every (ours, TRL) pair, none ours/ours."""
+    sides = {"ours_on_policy": _side(1800, 3.0, 0.30), "ours_rl": _side(1800, 4.0, 0.2875),
+             "trl_grpo": _side(1800, 5.0, 0.2625), "trl_online_dpo": _side(1800, 6.0, 0.275)}
+    rows = bench.format_table(sides, before=0.25).splitlines()[2:]
+    assert [row.split(" | ")[0] for row in rows] == ["| ours_on_policy", "| ours_rl", "| trl_grpo", "| trl_online_dpo"]
+    lines = bench.format_ratios(sides, before=0.25).splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "- ours_on_policy / trl_grpo", "- ours_on_policy / trl_online_dpo", "- ours_rl / trl_grpo",
+        "- ours_rl / trl_online_dpo"]
+    # ours_rl: 3.75 points, trl_grpo: 1.25 points, same CPU: x3.00.
+    assert lines[2] == "- ours_rl / trl_grpo: IFEval gain per CPU-hour x3.00, gain x3.00, CPU-s x1.00, peak RSS x0.80"
 
 
 def test_headline_metric_read_from_the_eval_summary(bench, tmp_path):
@@ -121,7 +137,7 @@ def test_a_child_over_its_cpu_budget_is_stopped_and_measured(bench, tmp_path):
 
 def test_quick_fills_only_what_the_command_line_left_out(bench, tmp_path):
     args = bench.parse_args(["--out", str(tmp_path), "--quick", "--max-new-tokens", "24"])
-    assert (args.num_prompts, args.samples_per_prompt, args.max_new_tokens, args.eval_limit) == (4, 4, 24, 4)
+    assert (args.num_prompts, args.samples_per_prompt, args.max_new_tokens, args.eval_limit) == (8, 4, 24, 4)
     full = bench.parse_args(["--out", str(tmp_path)])
     assert (full.num_prompts, full.prompts_per_round, full.eval_limit, full.threads, full.temperature,
             full.rounds) == (256, 64, None, 1, 0.7, 2)
@@ -133,20 +149,92 @@ def test_quick_fills_only_what_the_command_line_left_out(bench, tmp_path):
 def test_our_command_and_trls_config_share_the_settings(bench, tmp_path):
     args = bench.parse_args(["--out", str(tmp_path), "--quick", "--lr", "2e-6", "--beta", "0.2",
                              "--batch-size", "4", "--micro-batch-size", "2", "--ours-arg", "seed=3"])
-    command = bench.ours_command(args)
+    command = bench.ours_command(args, "ours_on_policy")
     assert command[1:3] == ["-m", "cookbook.recipes.preference.on_policy"]
-    assert {"prompts=ifeval_synthetic", "prompts.num_prompts=4", "reward=ifeval", "samples_per_prompt=4",
+    assert {"prompts=ifeval_synthetic", "prompts.num_prompts=8", "reward=ifeval", "samples_per_prompt=4",
             "batch_size=4", "micro_batch_size=2", "learning_rate=2e-06", "dpo_beta=0.2", "max_new_tokens=16", "lr_schedule=constant",
-            "temperature=0.7", "prompts_per_round=4", "eval_ifeval=false",
-            "behavior_if_log_dir_exists=delete"} <= set(command)
+            "temperature=0.7", "prompts_per_round=8", "eval_ifeval=false", "sampler=native",
+            f"log_path={tmp_path / 'ours_on_policy'}", "behavior_if_log_dir_exists=delete"} <= set(command)
     assert command[-1] == "seed=3"
-    config = bench.trl_config_kwargs(args, "unused")
+    config = bench.online_dpo_config_kwargs(args, "unused")
     assert (config["per_device_train_batch_size"] * config["gradient_accumulation_steps"], config["learning_rate"],
             config["beta"], config["max_new_tokens"], config["temperature"]) == (4, 2e-6, [0.2], 16, 0.7)
     assert config["gradient_checkpointing"] is False and config["bf16"] is True
-    with pytest.raises(SystemExit, match="not a multiple"):
-        bench.trl_config_kwargs(bench.parse_args(["--out", str(tmp_path), "--batch-size", "6",
-                                                  "--micro-batch-size", "4"]), "unused")
+    with pytest.raises(SystemExit, match="--batch-size 6 is not a multiple"):
+        bench.online_dpo_config_kwargs(bench.parse_args(["--out", str(tmp_path), "--batch-size", "6",
+                                                         "--micro-batch-size", "4"]), "unused")
+
+
+def test_our_rl_command_and_grpos_config_share_the_settings(bench, tmp_path):
+    """GRPOConfig under our RL recipe's names: num_generations = group_size, replies per step and
+    per forward, scale_rewards from the advantage, loss_type from the aggregation, epsilon(_high)
+    from the clips, beta from kl_coef, num_iterations from updates_per_batch."""
+    args = bench.parse_args(["--out", str(tmp_path), "--samples-per-prompt", "8", "--rl-batch-size", "32",
+                             "--rl-micro-batch-size", "4", "--advantage", "dr_grpo", "--loss-aggregation", "sequence",
+                             "--clip-high", "0.28", "--kl-coef", "0.01", "--updates-per-batch", "2", "--lr", "1e-5",
+                             "--rl-arg", "top_p=0.9"])
+    command = bench.ours_command(args, "ours_rl")
+    assert command[1:3] == ["-m", "cookbook.recipes.rl.train"]
+    assert {"group_size=8", "batch_size=32", "micro_batch_size=4", "advantage=dr_grpo", "loss_aggregation=sequence",
+            "clip_low=0.2", "clip_high=0.28", "kl_coef=0.01", "updates_per_batch=2", "learning_rate=1e-05",
+            "temperature=0.7", "max_new_tokens=256", "sampler=native", "reward=ifeval", "prompts=ifeval_synthetic",
+            f"log_path={tmp_path / 'ours_rl'}"} <= set(command)
+    assert not any(option.split("=")[0] in ("dpo_beta", "samples_per_prompt", "eval_ifeval") for option in command)
+    assert command[-1] == "top_p=0.9"
+    config = bench.grpo_config_kwargs(args, "unused")
+    assert {key: config[key] for key in ("num_generations", "per_device_train_batch_size", "gradient_accumulation_steps",
+                                         "scale_rewards", "loss_type", "epsilon", "epsilon_high", "beta",
+                                         "num_iterations", "learning_rate", "temperature", "max_completion_length")} == {
+        "num_generations": 8, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 8,
+        "scale_rewards": "none", "loss_type": "grpo", "epsilon": 0.2, "epsilon_high": 0.28, "beta": 0.01,
+        "num_iterations": 2, "learning_rate": 1e-5, "temperature": 0.7, "max_completion_length": 256}
+    assert config["gradient_checkpointing"] is False and config["bf16"] is True and config["use_vllm"] is False
+    defaults = bench.grpo_config_kwargs(bench.parse_args(["--out", str(tmp_path)]), "unused")
+    assert (defaults["scale_rewards"], defaults["loss_type"], defaults["beta"], defaults["num_iterations"],
+            defaults["per_device_train_batch_size"] * defaults["gradient_accumulation_steps"]) == ("group", "dapo", 0.0, 1, 64)
+
+
+def test_generation_cache_is_read_where_the_trainer_leaves_it_unset(bench):
+    """GRPOTrainer's generation config leaves use_cache None: generate then takes the model's, then True."""
+    from types import SimpleNamespace
+
+    def trainer(own, models):
+        return SimpleNamespace(generation_config=SimpleNamespace(use_cache=own),
+                               model=SimpleNamespace(generation_config=SimpleNamespace(use_cache=models)))
+
+    assert bench.generation_uses_cache(trainer(True, False)) is True
+    assert bench.generation_uses_cache(trainer(None, False)) is False  # gradient checkpointing turns it off there
+    assert bench.generation_uses_cache(trainer(None, None)) is True
+    assert bench.generation_uses_cache(trainer(False, True)) is False
+
+
+def test_sides_are_named_checked_and_run_ours_first(bench, tmp_path):
+    assert bench.parse_args(["--out", str(tmp_path)]).sides == list(bench.SIDES)
+    args = bench.parse_args(["--out", str(tmp_path), "--sides", "trl_grpo, ours_on_policy,ours_rl"])
+    assert args.sides == ["ours_on_policy", "ours_rl", "trl_grpo"]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--out", str(tmp_path), "--sides", "ours,trl"])
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown side.*ours.*choose from ours_on_policy"):
+        bench.side_list("ours,trl_grpo")
+    # rloo has no GRPOConfig equivalent: refused with trl_grpo, allowed without it.
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--out", str(tmp_path), "--advantage", "rloo"])
+    assert bench.parse_args(["--out", str(tmp_path), "--advantage", "rloo", "--sides", "ours_rl"]).advantage == "rloo"
+    assert bench.record_name(["ours_on_policy", "trl_online_dpo"]) == "on_policy_vs_trl.json"
+    assert bench.record_name(["ours_on_policy", "trl_grpo"]) == "rl_vs_trl.json"
+
+
+def test_a_trl_side_without_a_budget_gets_what_its_counterpart_spent(bench, tmp_path):
+    args = bench.parse_args(["--out", str(tmp_path), "--sides", "ours_on_policy,ours_rl,trl_grpo,trl_online_dpo"])
+    spent = {"ours_on_policy": {"cpu_seconds": 100.0}, "ours_rl": {"cpu_seconds": 70.0}}
+    assert [bench.side_budget(args, side, spent) for side in args.sides] == [None, None, 70.0, 100.0]
+    budgeted = bench.parse_args(["--out", str(tmp_path), "--cpu-budget-s", "60"])
+    assert {bench.side_budget(budgeted, side, spent) for side in budgeted.sides} == {60.0}
+    # Without its counterpart a TRL side has no budget to take.
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--out", str(tmp_path), "--sides", "ours_on_policy,trl_grpo"])
+    assert bench.parse_args(["--out", str(tmp_path), "--sides", "trl_grpo", "--trl-max-steps", "2"]).sides == ["trl_grpo"]
+    assert bench.parse_args(["--out", str(tmp_path), "--sides", "trl_grpo", "--quick"]).trl_max_steps == 2  # --quick's
 
 
 def test_sampler_benchmark_gets_this_runs_sampling_settings(bench, tmp_path):
@@ -165,7 +253,7 @@ def test_jobs_run_together_only_with_a_budget(bench, tmp_path):
 
 
 def test_one_job_at_a_time_lets_a_job_read_the_previous_result(bench):
-    """In order, each job starting after the one before it was taken (TRL's budget reads ours)."""
+    """In order, each job starting after the one before it was taken (a TRL side's budget reads ours)."""
     seen: dict[str, int] = {}
     jobs = {"ours": lambda: 7, "trl": lambda: seen["ours"] * 2}
     for name, result in bench.run_jobs(jobs, 1):

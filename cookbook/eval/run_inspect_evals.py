@@ -31,6 +31,7 @@ import chz
 from cookbook.cli import run_cli
 from cookbook.errors import InvalidOptionError, UserError
 from cookbook.models import DEFAULT_MODEL
+from cookbook.sampling.vllm_engine import SamplerName
 
 InferenceDType = Literal["auto", "float32", "bfloat16", "float16"]
 DisplayType = Literal["full", "conversation", "rich", "plain", "log", "none"]
@@ -73,6 +74,9 @@ class EvalConfig:
     num_threads: int | None = chz.field(
         default=None, doc="torch CPU threads (default: torch's choice; 1 is faster on an oversubscribed CPU)"
     )
+    sampler: SamplerName = chz.field(
+        default="auto", doc="who generates: auto (vllm when installed), vllm, native. A process holds one vLLM "
+                            "engine, so compare_model_path needs native or a model that vLLM cannot serve")
     display: DisplayType = chz.field(default="full", doc="inspect's progress display")
     bootstrap_resamples: int = chz.field(
         default=10_000, doc="with compare_model_path: resamples of the paired bootstrap behind each 95% interval")
@@ -114,7 +118,7 @@ def load_model(model_path: str, model_name: str | None, renderer_name: str, conf
     import cookbook.eval.provider  # noqa: F401  (registers the `cookbook` model API)
 
     model_args = {"renderer_name": renderer_name, "batch_size": config.batch_size, "device": config.device,
-                  "dtype": config.dtype}
+                  "dtype": config.dtype, "sampler": config.sampler}
     if model_name:
         model_args["base_model_name"] = model_name
     if config.num_threads:
