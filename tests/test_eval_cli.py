@@ -142,7 +142,7 @@ def test_ifeval_source_reaches_the_task(tiny_model_dir, tmp_path):
 
 
 def test_sampler_reaches_the_provider(tiny_model_dir, tmp_path, capsys):
-    """`sampler=native` is what a compare run needs where vLLM is installed: one engine per process."""
+    """`sampler=` goes to the provider (and into the run summary); an unknown one is refused."""
     status = cli([f"model_path={tiny_model_dir}", "renderer_name=chatml", "tasks=cookbook/ifeval", "ifeval_source=bundled",
                   "sampler=native", "limit=1", "max_tokens=2", "batch_size=1", "display=none", f"log_dir={tmp_path}"])
     assert status == 0

@@ -75,8 +75,8 @@ class EvalConfig:
         default=None, doc="torch CPU threads (default: torch's choice; 1 is faster on an oversubscribed CPU)"
     )
     sampler: SamplerName = chz.field(
-        default="auto", doc="who generates: auto (vllm when installed), vllm, native. A process holds one vLLM "
-                            "engine, so compare_model_path needs native or a model that vLLM cannot serve")
+        default="auto", doc="who generates: auto (vllm when installed and it serves the model), vllm, native; "
+                            "with compare_model_path both models share the process's one engine, each loading its weights")
     display: DisplayType = chz.field(default="full", doc="inspect's progress display")
     bootstrap_resamples: int = chz.field(
         default=10_000, doc="with compare_model_path: resamples of the paired bootstrap behind each 95% interval")
