@@ -164,3 +164,25 @@ def test_bf16_true_under_fsdp_saves_the_fp32_start_plus_the_updates(tmp_path, ti
         updates[name] = {n: final[n].float() - start[n].float() for n in final}
     fraction, ratio, cosine = _update_stats(updates["fsdp"], updates["fp32"])
     assert fraction >= 0.9 and 0.8 <= ratio <= 1.25 and cosine >= 0.7, (fraction, ratio, cosine)
+
+
+def test_a_process_group_of_one_keeps_the_plain_optimizer_state(tmp_path, tiny_model):
+    """A vLLM engine in a single process makes a process group of one for itself: checkpoints then
+    hold the same optimizer state as without it, so a run resumes with either sampler."""
+    import torch.distributed as dist
+
+    from cookbook.training.distributed import full_optimizer_state_dict, load_full_optimizer_state_dict
+
+    optimizer = torch.optim.AdamW(tiny_model.parameters(), lr=1e-3)
+    tiny_model(torch.tensor([[1, 2, 3]])).logits.sum().backward()
+    optimizer.step()
+    plain = full_optimizer_state_dict(tiny_model, optimizer)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
+    try:
+        in_group = full_optimizer_state_dict(tiny_model, optimizer)
+        assert in_group.keys() == plain.keys() and in_group["state"].keys() == plain["state"].keys()
+        fresh = torch.optim.AdamW(tiny_model.parameters(), lr=1e-3)
+        load_full_optimizer_state_dict(tiny_model, fresh, plain)
+        assert torch.equal(fresh.state_dict()["state"][0]["exp_avg"], plain["state"][0]["exp_avg"])
+    finally:
+        dist.destroy_process_group()

@@ -119,15 +119,22 @@ def full_model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     get an empty dict (they take part in the gather but keep nothing)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    if not dist.is_initialized():
+    if not _ranks_share_state():
         return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _ranks_share_state() -> bool:
+    """Whether the model's state is spread over (or replicated on) several ranks. A vLLM engine in a
+    single process makes a process group of one for itself; the trainer's state is then a plain one,
+    saved and loaded the same with or without an engine."""
+    return dist.is_initialized() and dist.get_world_size() > 1
 
 
 def full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    if not dist.is_initialized():
+    if not _ranks_share_state():
         return optimizer.state_dict()
     return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
@@ -135,7 +142,7 @@ def full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer
 def load_full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    if not dist.is_initialized():
+    if not _ranks_share_state():
         optimizer.load_state_dict(state)
         return
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
