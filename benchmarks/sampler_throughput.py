@@ -300,8 +300,8 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="batch 4, 16 new tokens: a smoke run")
     parser.add_argument("--json-out", default=None,
-                        help="where the run's record goes (default benchmarks/results/sampler_throughput.json; "
-                             "--quick writes none unless given)")
+                        help="where the run's record goes (default benchmarks/results/sampler_throughput.json, "
+                             "with --round sampler_throughput_round.json; --quick writes none unless given)")
     args = parser.parse_args(argv)
     if args.quick:
         args.batch_sizes, args.max_new_tokens = "4", 16
@@ -376,7 +376,8 @@ def main(argv=None) -> list[ConfigResult]:
         tables["vllm_table"] = format_vllm_table(results)
         print(f"\nvLLM {vllm_version()} (batches of its own choosing):")
         print(tables["vllm_table"])
-    out = args.json_out or (None if args.quick else RESULTS_DIR / "sampler_throughput.json")
+    out = args.json_out or (None if args.quick else RESULTS_DIR / ("sampler_throughput_round.json" if args.round
+                                                                 else "sampler_throughput.json"))
     if out:
         record.update(rows=[asdict(r) for r in results], **tables, vllm_version=vllm_version() if with_vllm else None,
                       vllm_engines={p: {"start": run["start"], "per_request_seeds": run["per_request_seeds"]}
