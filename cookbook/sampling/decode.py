@@ -1,11 +1,14 @@
 """Prefill and decode of one batch of prompts on a Hugging Face causal LM, with our own loop.
 
 Where transformers' `generate` spends a decode step (SmolLM2-135M, 8 rows, fp32, one CPU thread,
-110-130 ms a step): about 75% in the weight matmuls, which at 8 rows are bound by streaming the
-540 MB of fp32 weights once per step (270 MB in bf16; a 2 GFLOP step would take ~25 ms at the
-core's matmul peak), 10-15% in attention, and the rest in growing its cache by `torch.cat`
-(O(t) bytes per step), mask building, logits processors and rows that already ended. No loop can
-make the matmuls cheaper, so this one removes the rest and otherwise stays out of the way:
+110-130 ms a step): about 75% in the weight matmuls, 10-15% in attention, and the rest in growing
+its cache by `torch.cat` (O(t) bytes per step), mask building, logits processors and rows that
+already ended. This loop removes that rest. What is left at the on-policy round's batch of 32
+(bf16 autocast, 256 new tokens; `benchmarks/sampler_throughput.py --profile`, 2026-12-07) is not
+the weight matmuls (24% of self CPU time) but attention over the key/value cache (43%) and tensor
+copies (22%: the cache writes and autocast's casts), which grow with rows and reply length; so a
+larger batch barely raises tokens per CPU-second, and vLLM's paged attention decodes about 4x
+faster on a CPU (benchmarks/README.md). The loop:
 
 - prompts are left-padded so every row's next token sits in the same column; the mask and the
   position ids are built once (a pad query attends to itself only, so no softmax row is empty);
