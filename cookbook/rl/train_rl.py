@@ -140,12 +140,13 @@ def _train(config: Config, run: Run) -> Path | None:
     settings = GroupSettings(config.advantage, config.batch_size // config.group_size, config.max_empty_rounds,
                              padding_token_id(tokenizer, stop_token_ids))
     engine = sampling_engine(config, run, start_name, int(prompt_tokens.lengths().max()), causal_lm.config)
+    sampling_scope = lambda: dist_utils.direct_forwards(policy, run.strategy)  # noqa: E731
     store = GroupStore(run, causal_lm, policy, prompts, prompt_tokens, renderer, scorer, sampling, settings,
                        _reference(config, run, policy, start_name),
-                       lambda: dist_utils.direct_forwards(policy, run.strategy), sampling_context, engine=engine)
+                       sampling_scope, sampling_context, engine=engine)
     store.schedule = schedule = GroupSchedule(store, config.rounds, config.updates_per_batch, config.micro_batch_size,
                                               config.max_steps, info.rank, info.world_size)
-    evaluate = in_run_ifeval(config, causal_lm, renderer, info, lambda: dist_utils.direct_forwards(policy, run.strategy))
+    evaluate = in_run_ifeval(config, causal_lm, renderer, info, sampling_scope)
     task = RLTask(store, config, info, evaluate)
     metadata = {"renderer_name": run.renderer_name, "base_model_name": start_name}
     return run.train(policy, causal_lm, task, schedule, tokenizer, metadata,
