@@ -67,3 +67,25 @@ def pytest_configure(config):
         # start), or their OpenMP threads spin waiting for each other.
         os.environ["OMP_NUM_THREADS"] = "1"
         torch.set_num_threads(1)
+
+
+@pytest.fixture
+def network_attempts(monkeypatch):
+    """Every host name looked up and every address connected to during the test, in order: a test of
+    the offline paths asserts on these instead of on wall-clock time."""
+    import socket
+
+    attempts = []
+    real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
+
+    def getaddrinfo(host, *args, **kwargs):
+        attempts.append(("lookup", host))
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    def connect(sock, address):
+        attempts.append(("connect", address[:2] if isinstance(address, tuple) else address))
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return attempts

@@ -28,10 +28,11 @@ people.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 import chz
@@ -132,12 +133,32 @@ def load_hub_split(hub_id: str, config: str | None, split: str, option_hint: str
 
     try:
         # With the offline variables set, `datasets` only looks in the local cache (and fails fast).
-        return datasets.load_dataset(hub_id, config, split=split)
+        with _libraries_offline(offline):
+            return datasets.load_dataset(hub_id, config, split=split)
     except Exception as error:
         if not offline:
             raise
         reason = f"it is not in the local Hugging Face cache and hub access is off ({type(error).__name__})"
         raise DatasetUnavailableError(_unavailable_message(hub_id, reason, option_hint)) from error
+
+
+@contextlib.contextmanager
+def _libraries_offline(offline: bool) -> Iterator[None]:
+    """`datasets` and `huggingface_hub` read the offline variables once, when first imported; a
+    variable set later (a notebook, a test) would leave them retrying the network for half a minute,
+    so the value read now is applied to both for this call."""
+    if not offline:
+        yield
+        return
+    import datasets.config
+    import huggingface_hub.constants
+
+    saved = (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE)
+    datasets.config.HF_HUB_OFFLINE = huggingface_hub.constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE = saved
 
 
 def _unavailable_message(hub_id: str, reason: str, option_hint: str) -> str:
