@@ -4,11 +4,12 @@ the chosen one on the test half: one invocation, one record.
     .venv/bin/python benchmarks/tune_on_policy.py                     # on-policy: the variants below, then the best on test
     .venv/bin/python benchmarks/tune_on_policy.py --variant lr1e-5=learning_rate=1e-5 --variant default=
     .venv/bin/python benchmarks/tune_on_policy.py --recipe rl         # the RL recipe's defaults, on dev and test
+    .venv/bin/python benchmarks/tune_on_policy.py --recipe rl --jobs 2 --variant a=learning_rate=5e-5 --variant b=...
 
 Each variant is the recipe's quickstart (`--recipe on_policy`: `python -m
 cookbook.recipes.preference.on_policy`; `--recipe rl`: `python -m cookbook.recipes.rl.train`), its
 defaults plus the variant's options, run in its own process at `--threads` torch threads, its CPU
-seconds and peak RSS its own (`os.wait4`, via `quickstarts.run_one`). Its final checkpoint is then
+seconds and peak RSS its own (`os.wait4`, via `quickstarts.run_one`), so `--jobs N` may train N at once. Its final checkpoint is then
 scored beside the starting model by `run_inspect_evals compare_model_path=... ifeval_split=dev`
 (greedy; the paired-bootstrap 95% interval of the gain in prompt-level strict accuracy). The variant
 with the highest dev gain is evaluated once more, on the test half, which no choice saw; that is
@@ -25,6 +26,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -102,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a variant to try (repeatable; replaces the built-in list)")
     parser.add_argument("--out", type=Path, default=None, help="default: runs/tune-<recipe>")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="variants trained at once, each in its own process at --threads threads")
     parser.add_argument("--timeout", type=float, default=7200, help="seconds per training run")
     parser.add_argument("--eval-max-tokens", type=int, default=512)
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -116,21 +120,24 @@ def main(argv: list[str] | None = None) -> int:
     variants = parse_variants(args.variant) if args.variant else VARIANTS[args.recipe]
     record = {**start_record(__file__, sys.argv[1:] if argv is None else argv), "recipe": args.recipe,
               "threads": args.threads, "variants": variants, "rows": []}
-    failed = []
-    for name, options in variants.items():
+
+    def train_and_score(name: str, options: list[str]) -> dict:
         out = args.out / name
         out.mkdir(parents=True, exist_ok=True)
         row = {"variant": name, "options": options,
                **run_one(args.recipe, out, args.threads, args.timeout, [*options, *args.option])}
         if row["returncode"] == 0 and row["final"]:
             row["dev"] = evaluate(out, name, row["final"], "dev", args.threads, args.eval_max_tokens)
-        if row["returncode"] != 0 or "gain" not in row.get("dev", {}):
-            failed.append(name)
-        record["rows"].append(row)
         dev = row.get("dev", {})
         print(f"{name}: exit {row['returncode']}, {row['cpu_s']:.0f} CPU-s, dev gain "
               f"{dev.get('gain', float('nan')):+.4f} [{dev.get('ci_low', float('nan')):+.4f}, "
               f"{dev.get('ci_high', float('nan')):+.4f}]", flush=True)
+        return row
+
+    # Each variant's CPU seconds are its own process's, so variants may share the machine (--jobs).
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        record["rows"] = list(pool.map(train_and_score, variants, variants.values()))
+    failed = [row["variant"] for row in record["rows"] if row["returncode"] != 0 or "gain" not in row.get("dev", {})]
     scored = [row for row in record["rows"] if "gain" in row.get("dev", {})]
     if scored:
         best = max(scored, key=lambda row: row["dev"]["gain"])  # max keeps the first of equal gains
