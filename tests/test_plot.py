@@ -8,7 +8,7 @@ import math
 import pytest
 
 from cookbook.training.metrics import MetricsFileError, read_metrics
-from cookbook.training.plot import PLOT_NAME, draw_runs, load_run, main, plot_runs, write_run_plot
+from cookbook.training.plot import PLOT_NAME, RunPlot, draw_runs, load_run, main, plot_runs, write_run_plot
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -82,6 +82,16 @@ def test_run_plot_draws_the_logged_values_and_writes_a_png(tmp_path):
     for axes in figure.axes:
         for line in axes.get_lines():
             assert (line.get_marker() != "None") == line.get_label().startswith("test/"), line.get_label()
+
+
+def test_the_training_plot_is_redrawn_at_most_every_refresh_interval_and_at_the_end(tmp_path):
+    run = write_run(tmp_path / "run", dpo_records())
+    plot = RunPlot(run, refresh_s=3600)
+    assert plot.refresh() is None and not (run / PLOT_NAME).exists()  # an eval soon after the start
+    assert plot.refresh(final=True) == run / PLOT_NAME
+    assert (run / PLOT_NAME).read_bytes().startswith(PNG_MAGIC)
+    (run / PLOT_NAME).unlink()
+    assert RunPlot(run, refresh_s=0).refresh() == run / PLOT_NAME  # the interval has passed
 
 
 def test_a_killed_run_with_a_torn_last_line_plots_what_was_written(tmp_path):

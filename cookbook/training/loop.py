@@ -56,7 +56,7 @@ from cookbook.training.display import (
 )
 from cookbook.training.log_dir import RunLock, StopRequest, check_log_path_creatable, decide_log_dir
 from cookbook.training.metrics import MetricLogger, NullMetricLogger, start_trackers, truncate_metrics
-from cookbook.training.plot import write_run_plot
+from cookbook.training.plot import RunPlot
 from cookbook.training.precision import CompensatedAdamW, PrecisionPlan, plan_for
 from cookbook.training.resume_config import check_resume_config
 from cookbook.training.schedule import BatchSchedule, make_scheduler
@@ -334,18 +334,20 @@ class Run:
         step_runner = StepRunner(config, info, policy, self.strategy, optimizer, scheduler, scaler, schedule, task)
         progress = TrainingProgress(console, schedule.total_steps, start_step, display=config.display)
 
+        plot = RunPlot(self.log_path, console)
+        total = schedule.total_steps
+
         def log_eval(step: int) -> None:
             with progress.paused():
                 metrics = task.evaluate(policy)
             logger.log_metrics(metrics, step)
             if info.is_main and metrics:
-                write_run_plot(self.log_path, console)
+                plot.refresh(final=step == total)
 
         if start_step == 0:
             if start_metrics:
                 logger.log_metrics(start_metrics, 0)
             log_eval(0)
-        total = schedule.total_steps
         with StopRequest() as stop, progress:
             for step in range(start_step, total):
                 if stop.requested and not info.is_distributed:

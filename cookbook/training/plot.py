@@ -7,8 +7,9 @@ Each panel is one quantity against the optimizer step: training values as lines,
 (`test/...`) values as dashed lines with a marker at every eval. Only panels with data are drawn,
 so the same code plots any recipe (DPO's dpo_loss and rewards, SFT's loss and nll). A run that is
 still going or was killed plots as far as it got: a torn last line of metrics.jsonl is skipped.
-The training loop calls `write_run_plot(log_path)` after every eval, so `log_path/metrics.png`
-follows the run.
+The training loop redraws `log_path/metrics.png` after an eval at most once every
+`PLOT_REFRESH_S` seconds, and always at the end, so the picture follows the run without drawing
+(a few CPU-seconds each) after every eval of a short run.
 
 Figures are drawn with matplotlib's object API on the Agg canvas: no display is needed and no
 global pyplot state is touched, so it is safe inside a training process.
@@ -18,12 +19,14 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cookbook.training.metrics import JSONL_NAME, read_metrics
 
 PLOT_NAME = "metrics.png"
+PLOT_REFRESH_S = 60.0
 HELD_OUT_PREFIX = "test/"
 
 
@@ -209,6 +212,23 @@ def write_run_plot(log_path: str | Path, console=None) -> Path | None:
         else:
             print(message, file=sys.stderr)
         return None
+
+
+@dataclass
+class RunPlot:
+    """`log_path/metrics.png`, redrawn during a run at most every `refresh_s` seconds (the first
+    time `refresh_s` after the start), and whenever `final`."""
+
+    log_path: str | Path
+    console: object = None
+    refresh_s: float = PLOT_REFRESH_S
+    last_drawn: float = field(default_factory=time.monotonic)
+
+    def refresh(self, final: bool = False) -> Path | None:
+        if not final and time.monotonic() - self.last_drawn < self.refresh_s:
+            return None
+        self.last_drawn = time.monotonic()
+        return write_run_plot(self.log_path, self.console)
 
 
 USAGE = """usage: python -m cookbook.plot RUN [RUN ...] [out=FILE.png]
