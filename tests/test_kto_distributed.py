@@ -19,10 +19,16 @@ KEYS = ("loss", "kl", "desirable_reward", "undesirable_reward", "num_desirable",
         "test/loss", "test/kl", "test/reward_margin")
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_ranks_match_one_process(tmp_path, tiny_model_dir, strategy):
-    single = tmp_path / "single"
+@pytest.fixture(scope="module")
+def single_process_run(tmp_path_factory, tiny_model_dir):
+    single = tmp_path_factory.mktemp("single") / "kto"
     cli([f"log_path={single}", f"model_name={tiny_model_dir}", *ARGS])
+    return single
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_ranks_match_one_process(tmp_path, tiny_model_dir, single_process_run, strategy):
+    single = single_process_run
     two_ranks = tmp_path / strategy
     torchrun("-m", "cookbook.recipes.preference.kto", f"log_path={two_ranks}", f"model_name={tiny_model_dir}", *ARGS,
              f"distributed={strategy}")
