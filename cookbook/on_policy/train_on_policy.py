@@ -117,9 +117,7 @@ def _train(config: Config, run: Run) -> Path | None:
     layout = make_collate(config.layout, tokenizer.pad_token_id, causal_lm)
     console.print(f"Batch layout: {layout.name}")
     policy = run.wrap(SequenceLogprobModel(causal_lm, compute_context=run.plan.autocast), causal_lm)
-    # Under FSDP every rank runs each decode step, until the last rank's last sequence has stopped.
-    lockstep = ((lambda busy: dist_utils.all_reduce_max(float(busy), info) > 0)
-                if run.strategy == "fsdp" else None)
+    lockstep = dist_utils.decode_lockstep(run.strategy, info)
     sampling_scope = lambda: dist_utils.direct_forwards(policy, run.strategy)  # noqa: E731
     # Autocast caches its bf16 copy only of weights that take gradients: with LoRA, whose base is
     # frozen, it would re-cast every weight at every decode step, slower than fp32.

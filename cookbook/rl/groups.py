@@ -48,7 +48,7 @@ from cookbook.rl.losses import AdvantageKind, group_advantages, zero_variance_gr
 from cookbook.training import checkpoint as ckpt
 from cookbook.training import distributed as dist_utils
 from cookbook.training.logprobs import LossTokens, pad_batch, padded_loss_tokens
-from cookbook.training.schedule import rank_micro_batches
+from cookbook.training.schedule import eval_batches, rank_micro_batches
 
 __all__ = ["GroupRecord", "GroupSchedule", "GroupStore", "NoLearningSignalError", "ReplyBatch"]
 
@@ -182,11 +182,13 @@ class GroupStore:
     def __init__(self, run, causal_lm, policy, prompts: list[PromptItem], prompt_tokens: list[list[int]], renderer,
                  scorer, sampling: RoundSampling, settings: GroupSettings, reference: Callable[[], Reference],
                  sampling_scope: Callable = contextlib.nullcontext,
-                 sampling_context: Callable = contextlib.nullcontext, engine=None):
+                 sampling_context: Callable = contextlib.nullcontext,
+                 lockstep: Callable[[bool], bool] | None = None, engine=None):
         self.run, self.causal_lm, self.policy, self.prompts = run, causal_lm, policy, prompts
         self.prompt_tokens, self.renderer, self.scorer = prompt_tokens, renderer, scorer
         self.sampling, self.settings, self.reference = sampling, settings, reference
-        self.sampling_scope, self.sampling_context, self.engine = sampling_scope, sampling_context, engine
+        self.sampling_scope, self.sampling_context, self.lockstep = sampling_scope, sampling_context, lockstep
+        self.engine = engine
         self.schedule: GroupSchedule | None = None  # set by the recipe (they refer to each other)
         self.batch_rounds: list[int] = []  # batch b trains on round batch_rounds[b]
         self.empty_rounds: list[int] = []
@@ -267,7 +269,7 @@ class GroupStore:
 
     def _make(self, index: int) -> RoundData:
         run = self.run
-        sampled, stats, sampling_metrics = sample_round(self, index)
+        sampled, stats, sampling_metrics = sample_round(self, index, lockstep=self.lockstep)
         data = RoundData(index, group_records(sampled, self.settings.advantage), config=run.config_dict())
         started = time.perf_counter()
         replies = kept_replies(data.records)
@@ -294,16 +296,19 @@ class GroupStore:
 
     def _fill_logps(self, data: RoundData, replies: list[tuple[int, int]], field: str, model, context) -> None:
         """Per-token log-probs of the kept replies under `model`, over this rank's training
-        micro-batches (so the old log-probs are bit-identical to the first update's), on every rank."""
+        micro-batches (so the old log-probs are bit-identical to the first update's), on every rank.
+        An empty micro-batch is a stand-in (see GroupSchedule): it runs on reply 0, and is dropped."""
         records = data.records
         mine = {}
         was_training = model.training
         model.eval()
         with torch.no_grad(), context():
             for ids in self.schedule.batch_micro_batches(len(replies)):
-                batch = collate_replies(records, [replies[i] for i in ids], self.settings.pad_token_id)
+                batch = collate_replies(records, [replies[i] for i in ids or [0]], self.settings.pad_token_id)
                 batch = batch.to(self.run.info.device)
                 out = model(batch.input_ids, batch.loss_tokens, attention_mask=batch.attention_mask)
+                if not ids:
+                    continue
                 counts = [len(records[replies[i][0]].replies[replies[i][1]].tokens) for i in ids]
                 for i, values in zip(ids, out.token_logps.float().cpu().split(counts)):
                     mine[i] = values.tolist()
@@ -330,7 +335,9 @@ class GroupStore:
 @dataclass
 class GroupSchedule:
     """The schedule the shared loop walks: updates_per_batch steps per batch, each on every kept
-    reply of the batch's round (this rank's share, micro_batch_size at a time)."""
+    reply of the batch's round (this rank's share, micro_batch_size at a time). With `lockstep`
+    (FSDP, whose every forward gathers weights collectively) every rank gets as many micro-batches,
+    a rank with fewer replies ending with empty stand-ins that add nothing to the loss or gradient."""
 
     source: GroupStore
     rounds: int
@@ -339,6 +346,7 @@ class GroupSchedule:
     max_steps: int | None
     rank: int = 0
     world_size: int = 1
+    lockstep: bool = False
 
     @property
     def steps_per_epoch(self) -> int:  # the loop logs `epoch`: here, the batch
@@ -354,9 +362,13 @@ class GroupSchedule:
         return [batch_index * ROUND_STRIDE + i for i in range(self.source.num_replies(batch_index, step))]
 
     def micro_batches(self, step: int) -> list[list[int]]:
-        return rank_micro_batches(self.global_batch(step), self.rank, self.world_size, self.micro_batch_size)
+        global_ids = self.global_batch(step)
+        return [[global_ids[i] for i in ids] for ids in self.batch_micro_batches(len(global_ids))]
 
     def batch_micro_batches(self, num_replies: int) -> list[list[int]]:
         """This rank's micro-batches of a batch of `num_replies`, as indices within the batch."""
+        if self.lockstep:
+            # The same split, each rank padded with empty micro-batches to as many as rank 0 has.
+            return eval_batches(num_replies, self.micro_batch_size, self.rank, self.world_size)
         return rank_micro_batches(list(range(num_replies)), self.rank, self.world_size, self.micro_batch_size)
 

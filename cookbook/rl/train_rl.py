@@ -12,8 +12,14 @@ sampling and the RL loss), `RLTask` the recipe's part of the loop (a micro-batch
 becomes the summed per-token loss: clipped importance-weighted advantage, plus kl_coef times the
 k3 KL to the reference), and `main(config)` runs it. Sampling, rewards and the round files are the
 on-policy recipe's (`cookbook.on_policy`), the math is `losses.py`, the rounds and the schedule
-`groups.py`; the optimizer, precision, LoRA, accumulation, checkpoints, resume, DDP and metrics
-are the shared loop's (`training/loop.py`).
+`groups.py`; the optimizer, precision, LoRA, accumulation, checkpoints, resume, DDP/FSDP2 and
+metrics are the shared loop's (`training/loop.py`).
+
+Under FSDP2, whose every forward gathers weights from all ranks, every rank runs as many forwards
+though ranks hold different numbers of kept replies: the native sampler decodes in lockstep (as the
+on-policy recipe's does), and the old and reference log-prob passes and every update pad a rank's
+micro-batches with empty stand-ins (`GroupSchedule`) that run on a real reply and count for
+nothing, so the loss and its normalisation are one process's.
 
 The importance ratio is taken against the trainer's own fp32 log-probs of the sampled tokens, computed
 once per round before the first update (so the first update is exactly on-policy, ratio 1, whatever
@@ -30,7 +36,6 @@ from pathlib import Path
 import chz
 from torch import nn
 
-from cookbook.errors import InvalidOptionError
 from cookbook.on_policy.rounds import (
     RoundSampling,
     SampledRoundsConfig,
@@ -129,9 +134,7 @@ def _train(config: Config, run: Run) -> Path | None:
     scorer = config.reward.build(info.device)
     causal_lm = run.load_model(run.model_source(start_name))
     policy = run.wrap(SequenceLogprobModel(causal_lm, compute_context=run.plan.autocast), causal_lm)
-    if run.strategy == "fsdp":
-        # Ranks can hold different numbers of replies, and FSDP needs the same forwards on every rank.
-        raise InvalidOptionError("the RL recipe runs on one process or under DDP (distributed=ddp), not FSDP yet")
+    lockstep = dist_utils.decode_lockstep(run.strategy, info)
     sampling_context = (run.plan.autocast if config.sample_in_compute_precision and run.lora is None
                         else contextlib.nullcontext)
     stop_token_ids = list(renderer.get_stop_token_ids())
@@ -143,10 +146,10 @@ def _train(config: Config, run: Run) -> Path | None:
     sampling_scope = lambda: dist_utils.direct_forwards(policy, run.strategy)  # noqa: E731
     store = GroupStore(run, causal_lm, policy, prompts, prompt_tokens, renderer, scorer, sampling, settings,
                        _reference(config, run, policy, start_name),
-                       sampling_scope, sampling_context, engine=engine)
+                       sampling_scope, sampling_context, lockstep, engine=engine)
     store.schedule = schedule = GroupSchedule(store, config.rounds, config.updates_per_batch, config.micro_batch_size,
-                                              config.max_steps, info.rank, info.world_size)
-    evaluate = in_run_ifeval(config, causal_lm, renderer, info, sampling_scope)
+                                              config.max_steps, info.rank, info.world_size, lockstep is not None)
+    evaluate = in_run_ifeval(config, causal_lm, renderer, info, sampling_scope, lockstep)
     task = RLTask(store, config, info, evaluate)
     metadata = {"renderer_name": run.renderer_name, "base_model_name": start_name}
     return run.train(policy, causal_lm, task, schedule, tokenizer, metadata,
@@ -191,10 +194,14 @@ class RLTask:
                                                                               for i in global_ids)))
 
     def forward(self, model: nn.Module, ids: list[int]) -> MicroBatchOutput:
-        batches, local = zip(*(split_pair_id(i) for i in ids))
-        if len(set(batches)) != 1:
-            raise ValueError(f"a micro-batch mixes batches {sorted(set(batches))}")
-        self.store.batch(batches[0])
+        """The micro-batch's loss sum and metric sums; an empty `ids` is a stand-in (FSDP: see
+        GroupSchedule) that runs forward and backward on the current batch's first reply, weighted 0."""
+        local = [0]
+        if ids:
+            batches, local = zip(*(split_pair_id(i) for i in ids))
+            if len(set(batches)) != 1:
+                raise ValueError(f"a micro-batch mixes batches {sorted(set(batches))}")
+            self.store.batch(batches[0])
         batch = self.store.collate(list(local)).to(self.info.device)
         out = model(batch.input_ids, batch.loss_tokens, attention_mask=batch.attention_mask)
         pg = clipped_policy_gradient(out.token_logps, batch.old_logps, batch.advantages, self.config.clip_low,
@@ -207,14 +214,18 @@ class RLTask:
             sums["kl"] = float(kl.detach().sum())
         loss_sum = aggregate(token_losses, batch.loss_tokens.sequence_index, batch.loss_tokens.num_sequences,
                              self.config.loss_aggregation)
-        self.ratio_range = [min(self.ratio_range[0], float(pg.ratios.min())),
-                            max(self.ratio_range[1], float(pg.ratios.max()))]
-        return MicroBatchOutput(loss_sum, {
+        metric_sums = {
             **sums, "loss": float(loss_sum.detach()), "num_tokens": float(batch.attention_mask.sum()),
             "num_slots": float(batch.input_ids.numel()), "trained_tokens": float(pg.ratios.numel()),
             "replies": float(len(ids)), "clipped": float(pg.clipped.sum()), "ratio": float(pg.ratios.sum()),
             "advantage_abs": float(batch.advantages.abs().sum()), "token_nll": -float(out.token_logps.detach().sum()),
-        })
+        }
+        if not ids:
+            # Its backward takes part in FSDP's gathers and adds exact zeros to the gradient.
+            return MicroBatchOutput(loss_sum * 0.0, dict.fromkeys(metric_sums, 0.0))
+        self.ratio_range = [min(self.ratio_range[0], float(pg.ratios.min())),
+                            max(self.ratio_range[1], float(pg.ratios.max()))]
+        return MicroBatchOutput(loss_sum, metric_sums)
 
     def step_metrics(self, sums: dict[str, float], denominator: float) -> dict[str, float]:
         tokens = max(sums["trained_tokens"], 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -234,6 +235,15 @@ def direct_forwards(model: nn.Module, strategy: str):
         yield
     finally:
         model.reshard()
+
+
+def decode_lockstep(strategy: str, info: DistInfo) -> Callable[[bool], bool] | None:
+    """The native sampler's `lockstep` under FSDP (busy -> whether any rank is): every rank runs
+    each decode step until the last rank's last sequence has stopped, since each forward gathers
+    weights collectively. None under other strategies, whose ranks decode on their own."""
+    if strategy != "fsdp":
+        return None
+    return lambda busy: all_reduce_max(float(busy), info) > 0
 
 
 def lockstep_filler(total: int, mine: int, info: DistInfo, lockstep) -> int:

@@ -5,7 +5,7 @@ advantage over its group trains it, batch after batch.
     python -m cookbook.recipes.rl.train log_path=/tmp/rl
     python -m cookbook.recipes.rl.train log_path=/tmp/rl prompts=my_prompts.jsonl reward=my.module:my_fn \
         group_size=8 advantage=dr_grpo loss_aggregation=token kl_coef=0.01
-    torchrun --nproc_per_node 2 -m cookbook.recipes.rl.train log_path=/tmp/rl distributed=ddp
+    torchrun --nproc_per_node 2 -m cookbook.recipes.rl.train log_path=/tmp/rl distributed=ddp   # or fsdp
     python -m cookbook.recipes.rl.train --help     # every field with its doc
 
 With only log_path it trains the bundled SmolLM2-135M-Instruct on instruction-following prompts
@@ -15,7 +15,7 @@ metrics.png, step_*/ and final/ checkpoints, and `rounds/<n>/samples.jsonl`: eve
 with its reward, advantage and per-token log-probs.
 
 Built on the shared loop and the on-policy recipe's prompts, rewards, sampler and round files, so
-model, precision, LoRA, resume and DDP options mean what they mean in every recipe.
+model, precision, LoRA, resume, DDP and FSDP2 options mean what they mean in every recipe.
 """
 
 from __future__ import annotations
