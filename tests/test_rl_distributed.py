@@ -54,13 +54,18 @@ def assert_one_process_trains_alike(run_dir: Path, tmp_path: Path, tiny_model_di
         torch.testing.assert_close(w1[name], w2[name], rtol=1e-4, atol=5e-5, msg=name)
 
 
-def test_ddp_samples_its_shares_starts_each_round_on_policy_and_trains_as_one_process(
-        tmp_path, tiny_model_dir, prompt_file, monkeypatch):
+def train_on_two_ranks(log_path: Path, tiny_model_dir, prompt_file, monkeypatch, *extra: str) -> Path:
+    # The ranks import this file's reward functions by module name.
     sys.path.insert(0, str(HERE))
     monkeypatch.setenv("PYTHONPATH", str(HERE))
-    ddp = tmp_path / "ddp"
-    torchrun("-m", "cookbook.recipes.rl.train", *args(ddp, tiny_model_dir, prompt_file, "distributed=ddp",
-                                                      "precision=fp32"))
+    torchrun("-m", "cookbook.recipes.rl.train", *args(log_path, tiny_model_dir, prompt_file, *extra))
+    return log_path
+
+
+def test_ddp_samples_its_shares_starts_each_round_on_policy_and_trains_as_one_process(
+        tmp_path, tiny_model_dir, prompt_file, monkeypatch):
+    ddp = train_on_two_ranks(tmp_path / "ddp", tiny_model_dir, prompt_file, monkeypatch, "distributed=ddp",
+                             "precision=fp32")
     for index in (0, 1):
         data = read(ddp, index)
         assert [r.messages[0]["content"] for r in data.records] == PROMPTS[4 * index : 4 * index + 4]
@@ -82,11 +87,8 @@ FSDP_ARGS = ("reward=test_rl_distributed:constant_on_prompts_0_and_1", "batch_si
 
 def test_fsdp_ranks_with_different_numbers_of_replies_run_in_step_and_train_as_one_process(
         tmp_path, tiny_model_dir, prompt_file, monkeypatch):
-    sys.path.insert(0, str(HERE))
-    monkeypatch.setenv("PYTHONPATH", str(HERE))
-    fsdp = tmp_path / "fsdp"
-    torchrun("-m", "cookbook.recipes.rl.train", *args(fsdp, tiny_model_dir, prompt_file, "distributed=fsdp",
-                                                      *FSDP_ARGS))
+    fsdp = train_on_two_ranks(tmp_path / "fsdp", tiny_model_dir, prompt_file, monkeypatch, "distributed=fsdp",
+                              *FSDP_ARGS)
     for index, prompts in ((0, [0, 1, 2, 3, 4]), (1, [5, 6, 7, 0, 1])):
         data = read(fsdp, index)
         assert [r.messages[0]["content"] for r in data.records] == [PROMPTS[i] for i in prompts]
