@@ -9,9 +9,9 @@ the chosen one on the test half: one invocation, one record.
 Each variant is the recipe's quickstart (`--recipe on_policy`: `python -m
 cookbook.recipes.preference.on_policy`; `--recipe rl`: `python -m cookbook.recipes.rl.train`), its
 defaults plus the variant's options, run in its own process at `--threads` torch threads, its CPU
-seconds and peak RSS its own (`os.wait4`, via `quickstarts.run_one`), so `--jobs N` may train N at once. Its final checkpoint is then
-scored beside the starting model by `run_inspect_evals compare_model_path=... ifeval_split=dev`
-(greedy; the paired-bootstrap 95% interval of the gain in prompt-level strict accuracy). The variant
+seconds and peak RSS its own (`os.wait4`, via `quickstarts.run_one`), so `--jobs N` may train N at
+once. Its final checkpoint is then scored beside the starting model by `run_inspect_evals
+compare_model_path=... ifeval_split=dev` (greedy; the paired-bootstrap 95% interval of the gain in prompt-level strict accuracy). The variant
 with the highest dev gain is evaluated once more, on the test half, which no choice saw; that is
 the figure to quote. Ties on dev keep the earlier variant (the defaults come first).
 

@@ -8,8 +8,8 @@ Each panel is one quantity against the optimizer step: training values as lines,
 so the same code plots any recipe (DPO's dpo_loss and rewards, SFT's loss and nll). A run that is
 still going or was killed plots as far as it got: a torn last line of metrics.jsonl is skipped.
 The training loop redraws `log_path/metrics.png` after an eval at most once every
-`PLOT_REFRESH_S` seconds, and always at the end, so the picture follows the run without drawing
-(a few CPU-seconds each) after every eval of a short run.
+`PLOT_REFRESH_S` seconds, and always at the end, so the picture follows a long run while a short
+run does not draw (about half a CPU-second each) after every eval.
 
 Figures are drawn with matplotlib's object API on the Agg canvas: no display is needed and no
 global pyplot state is touched, so it is safe inside a training process.
