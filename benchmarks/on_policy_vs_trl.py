@@ -27,10 +27,11 @@ Why it is built this way:
 - Same task on every side: the `ifeval_synthetic` prompts (never the bundled eval prompts), the
   same reward (the strict fraction of a reply's IFEval instructions followed,
   `cookbook.eval.ifeval.score_response`; TRL gets it as a reward function), the same starting model
-  (the bundled SmolLM2-135M-Instruct, by the directory of its dequantized weights), learning rate,
-  sampling temperature, max_new_tokens and replies per prompt (`--samples-per-prompt`: the RL
+  (the bundled SmolLM2-135M-Instruct, by the directory of its dequantized weights), max_new_tokens
+  and replies per prompt (`--samples-per-prompt`: the RL
   recipe's group_size, GRPO's num_generations; TRL's OnlineDPOTrainer always samples 2). The DPO
-  sides share beta and pairs per optimizer step; the RL sides share replies per step and per forward,
+  sides share a learning rate and temperature (--lr, --temperature), beta and pairs per optimizer
+  step; the RL sides share theirs (--rl-lr, --rl-temperature), replies per step and per forward,
   the advantage (`grpo`/`dr_grpo`: GRPO's `scale_rewards=group`/`none`), the loss aggregation
   (`token`/`sequence`: GRPO's `loss_type=dapo`/`grpo`), the clip range (GRPO's `epsilon`,
   `epsilon_high`), the KL weight (GRPO's `beta`; 0 loads no reference on either side) and updates
@@ -45,9 +46,9 @@ Why it is built this way:
   during generation, which costs minutes per step on a CPU), its own generate (`use_vllm=False`);
   ours sample with the native sampler in the training process (`sampler=native`: a vLLM engine's
   workers would escape the process's measured CPU and memory). The learning rate is constant on
-  every side: a run stopped by a budget has no known length to decay over. The learning rate and
-  temperature default to the on-policy recipe's (chosen on the dev half); the RL recipe's own are
-  untuned.
+  every side: a run stopped by a budget has no known length to decay over. Each family's learning rate
+  and temperature default to its recipe's own, chosen on the dev half: 3e-5 and 0.7 for the DPO
+  sides, 1e-4 and 1.0 for the RL sides.
 - Each side trains in its own process, so its CPU-seconds and peak RSS (`os.wait4`'s rusage: all
   threads, setup and checkpoint writing included) are its own; `--threads 1` (the default) makes
   CPU-seconds robust to other jobs on the machine.
@@ -110,10 +111,11 @@ RL_SIDES = ("ours_rl", "trl_grpo")
 # Defaults of the full comparison: the on-policy recipe's own, chosen on the dev half (micro-batches
 # of 4 pairs, or 8 replies, keep TRL's trainers under ~10 GiB), and the smoke configuration --quick
 # puts in their place (an option given on the command line wins over both). The RL sides' batch is the
-# RL recipe's (64 replies a step, 16 prompts x 4); the learning rate and temperature are the on-policy
-# recipe's for every side (the RL recipe's own, 1e-5 and 1.0, are untuned and gained nothing).
+# RL recipe's (64 replies a step, 16 prompts x 4), and so are its learning rate and temperature (chosen on
+# the dev half, benchmarks/results/tune_rl.json).
 DEFAULTS = dict(num_prompts=256, prompts_per_round=64, samples_per_prompt=4, max_new_tokens=256, temperature=0.7,
-                lr=3e-5, beta=0.1, batch_size=16, micro_batch_size=4, rl_batch_size=64, rl_micro_batch_size=8,
+                lr=3e-5, beta=0.1, batch_size=16, micro_batch_size=4, rl_lr=1e-4, rl_temperature=1.0,
+                rl_batch_size=64, rl_micro_batch_size=8,
                 rounds=2, steps_per_round=None, trl_max_steps=None, eval_limit=None, eval_max_tokens=512)
 # With a budget and no --rounds, ours runs rounds until the budget stops it.
 UNTIL_BUDGET_ROUNDS = 10_000
@@ -306,13 +308,24 @@ def _tail(path: Path, lines: int = 8) -> str:
 # Ours: the recipes, through their CLIs
 
 
+def side_lr(args, side: str) -> float:
+    """The learning rate of a side: --rl-lr on the RL sides, --lr on the DPO sides."""
+    return args.rl_lr if side in RL_SIDES else args.lr
+
+
+def side_temperature(args, side: str) -> float:
+    """The sampling temperature of a side: --rl-temperature on the RL sides, --temperature on the DPO sides."""
+    return args.rl_temperature if side in RL_SIDES else args.temperature
+
+
 def _shared_options(args, side: str) -> dict[str, Any]:
     """What both of our recipes take alike. The native sampler on both: it samples in the training
     process, as TRL's generate does, where a vLLM engine's worker processes would escape this
     process's CPU-seconds and peak RSS."""
     return {"log_path": args.out / side, "prompts": "ifeval_synthetic", "prompts.num_prompts": args.num_prompts,
             "prompts.seed": args.prompt_seed, "reward": "ifeval", "rounds": args.rounds, "lr_schedule": "constant",
-            "learning_rate": args.lr, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+            "learning_rate": side_lr(args, side), "max_new_tokens": args.max_new_tokens,
+            "temperature": side_temperature(args, side),
             "sampler": "native", "seed": args.seed, "behavior_if_log_dir_exists": "delete"}
 
 
@@ -390,17 +403,17 @@ def _accumulation(batch_size: int, micro_batch_size: int, batch_option: str) -> 
     return accumulation
 
 
-def _trainer_kwargs(args, output_dir: str) -> dict[str, Any]:
+def _trainer_kwargs(args, side: str, output_dir: str) -> dict[str, Any]:
     """The options both TRL configs share: the schedule, sampling and TRL's best CPU configuration."""
     return dict(
         output_dir=output_dir,
         max_steps=args.trl_max_steps or 1_000_000,  # the CPU budget ends the run
-        learning_rate=args.lr,
+        learning_rate=side_lr(args, side),
         lr_scheduler_type="constant",
         warmup_steps=0,
         weight_decay=0.0,
         max_grad_norm=1.0,
-        temperature=args.temperature,
+        temperature=side_temperature(args, side),
         top_k=0,
         top_p=1.0,
         gradient_checkpointing=False,  # True (TRL's default) also turns generation's KV cache off
@@ -418,7 +431,7 @@ def _trainer_kwargs(args, output_dir: str) -> dict[str, Any]:
 def online_dpo_config_kwargs(args, output_dir: str) -> dict[str, Any]:
     """OnlineDPOConfig's options: pairs per optimizer step = our on-policy batch_size."""
     return dict(
-        **_trainer_kwargs(args, output_dir),
+        **_trainer_kwargs(args, "trl_online_dpo", output_dir),
         per_device_train_batch_size=args.micro_batch_size,  # prompts per forward; one pair each
         gradient_accumulation_steps=_accumulation(args.batch_size, args.micro_batch_size, "--batch-size"),
         beta=[args.beta],
@@ -436,7 +449,7 @@ def grpo_config_kwargs(args, output_dir: str) -> dict[str, Any]:
         raise SystemExit(f"--advantage {args.advantage} has no GRPOTrainer equivalent "
                          f"(one of {', '.join(GRPO_SCALE_REWARDS)})")
     return dict(
-        **_trainer_kwargs(args, output_dir),
+        **_trainer_kwargs(args, "trl_grpo", output_dir),
         per_device_train_batch_size=args.rl_micro_batch_size,  # replies per forward
         gradient_accumulation_steps=_accumulation(args.rl_batch_size, args.rl_micro_batch_size, "--rl-batch-size"),
         num_generations=args.samples_per_prompt,  # our group_size
@@ -666,8 +679,10 @@ def parse_args(argv: list[str] | None = None):
                         help="replies per prompt: the on-policy recipe's samples_per_prompt, the RL recipe's "
                              "group_size, GRPO's num_generations (TRL's OnlineDPOTrainer always samples 2)")
     parser.add_argument("--max-new-tokens", type=int)
-    parser.add_argument("--temperature", type=float)
-    parser.add_argument("--lr", type=float)
+    parser.add_argument("--temperature", type=float, help="DPO sides: sampling temperature (default 0.7)")
+    parser.add_argument("--lr", type=float, help="DPO sides: learning rate (default 3e-5)")
+    parser.add_argument("--rl-temperature", type=float, help="RL sides: sampling temperature (default 1.0)")
+    parser.add_argument("--rl-lr", type=float, help="RL sides: learning rate (default 1e-4)")
     parser.add_argument("--beta", type=float, help="DPO sides: the DPO beta")
     parser.add_argument("--batch-size", type=int, help="DPO sides: pairs per optimizer step (TRL: prompts per step)")
     parser.add_argument("--micro-batch-size", type=int, help="DPO sides: pairs per forward")
@@ -775,7 +790,7 @@ def main(argv: list[str] | None = None) -> None:
 
     settings = {k: getattr(args, k) for k in ("sides", "num_prompts", "samples_per_prompt", "max_new_tokens",
                                               "temperature", "lr", "beta", "batch_size", "micro_batch_size",
-                                              "rl_batch_size", "rl_micro_batch_size", "advantage", "loss_aggregation",
+                                              "rl_lr", "rl_temperature", "rl_batch_size", "rl_micro_batch_size", "advantage", "loss_aggregation",
                                               "clip_low", "clip_high", "kl_coef", "updates_per_batch", "rounds",
                                               "steps_per_round", "cpu_budget_s", "eval_limit", "eval_max_tokens",
                                               "threads")}

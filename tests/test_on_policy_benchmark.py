@@ -171,13 +171,13 @@ def test_our_rl_command_and_grpos_config_share_the_settings(bench, tmp_path):
     from the clips, beta from kl_coef, num_iterations from updates_per_batch."""
     args = bench.parse_args(["--out", str(tmp_path), "--samples-per-prompt", "8", "--rl-batch-size", "32",
                              "--rl-micro-batch-size", "4", "--advantage", "dr_grpo", "--loss-aggregation", "sequence",
-                             "--clip-high", "0.28", "--kl-coef", "0.01", "--updates-per-batch", "2", "--lr", "1e-5",
-                             "--rl-arg", "top_p=0.9"])
+                             "--clip-high", "0.28", "--kl-coef", "0.01", "--updates-per-batch", "2", "--rl-lr", "1e-5",
+                             "--rl-temperature", "0.9", "--rl-arg", "top_p=0.9"])
     command = bench.ours_command(args, "ours_rl")
     assert command[1:3] == ["-m", "cookbook.recipes.rl.train"]
     assert {"group_size=8", "batch_size=32", "micro_batch_size=4", "advantage=dr_grpo", "loss_aggregation=sequence",
             "clip_low=0.2", "clip_high=0.28", "kl_coef=0.01", "updates_per_batch=2", "learning_rate=1e-05",
-            "temperature=0.7", "max_new_tokens=256", "sampler=native", "reward=ifeval", "prompts=ifeval_synthetic",
+            "temperature=0.9", "max_new_tokens=256", "sampler=native", "reward=ifeval", "prompts=ifeval_synthetic",
             f"log_path={tmp_path / 'ours_rl'}"} <= set(command)
     assert not any(option.split("=")[0] in ("dpo_beta", "samples_per_prompt", "eval_ifeval") for option in command)
     assert command[-1] == "top_p=0.9"
@@ -187,11 +187,14 @@ def test_our_rl_command_and_grpos_config_share_the_settings(bench, tmp_path):
                                          "num_iterations", "learning_rate", "temperature", "max_completion_length")} == {
         "num_generations": 8, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 8,
         "scale_rewards": "none", "loss_type": "grpo", "epsilon": 0.2, "epsilon_high": 0.28, "beta": 0.01,
-        "num_iterations": 2, "learning_rate": 1e-5, "temperature": 0.7, "max_completion_length": 256}
+        "num_iterations": 2, "learning_rate": 1e-5, "temperature": 0.9, "max_completion_length": 256}
+    # The DPO sides keep their own learning rate and temperature (the on-policy recipe's defaults).
+    assert {"learning_rate=3e-05", "temperature=0.7"} <= set(bench.ours_command(args, "ours_on_policy"))
     assert config["gradient_checkpointing"] is False and config["bf16"] is True and config["use_vllm"] is False
     defaults = bench.grpo_config_kwargs(bench.parse_args(["--out", str(tmp_path)]), "unused")
     assert (defaults["scale_rewards"], defaults["loss_type"], defaults["beta"], defaults["num_iterations"],
-            defaults["per_device_train_batch_size"] * defaults["gradient_accumulation_steps"]) == ("group", "dapo", 0.0, 1, 64)
+            defaults["per_device_train_batch_size"] * defaults["gradient_accumulation_steps"], defaults["learning_rate"],
+            defaults["temperature"]) == ("group", "dapo", 0.0, 1, 64, 1e-4, 1.0)
 
 
 def test_generation_cache_is_read_where_the_trainer_leaves_it_unset(bench):
