@@ -11,6 +11,7 @@ from cookbook.rl.losses import (
     clipped_policy_gradient,
     group_advantages,
     k3_kl,
+    shaped_rewards,
     zero_variance_groups,
 )
 
@@ -42,6 +43,18 @@ def test_a_group_needs_two_replies_and_a_known_kind():
         group_advantages(torch.ones(3, 1), "grpo")
     with pytest.raises(ValueError, match="advantage='ppo'"):
         group_advantages(REWARDS, "ppo")
+
+
+def test_shaped_rewards_give_a_cut_off_reply_the_cut_off_reward():
+    """Replies that did not stop get cut_off_reward in place of their score; None changes nothing.
+    A group tied on score but not on stopping then has variance: [0.5, 0.5, 0.5, 0.5] with the
+    last two cut off becomes [0.5, 0.5, 0, 0]."""
+    stopped = torch.tensor([[True, False, True, True], [True, True, False, False], [True] * 4])
+    shaped = shaped_rewards(REWARDS, stopped, 0.0)
+    assert_close(shaped, torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.0, 0.0], [3.0, 1.0, 2.0, 0.0]]))
+    assert_close(shaped_rewards(REWARDS, stopped, -1.0)[0], torch.tensor([1.0, -1.0, 0.0, 1.0]))
+    assert shaped_rewards(REWARDS, stopped, None) is REWARDS
+    assert zero_variance_groups(shaped).tolist() == [False, False, False]
 
 
 def test_zero_variance_groups_are_the_all_equal_ones():

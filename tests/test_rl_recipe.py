@@ -23,7 +23,8 @@ from cookbook.on_policy.ifeval_synthetic import IFEvalSyntheticPrompts
 from cookbook.on_policy.rewards import IFEvalReward
 from cookbook.on_policy.rounds import read_round
 from cookbook.recipes.rl.train import cli
-from cookbook.rl.groups import GroupRecord
+from cookbook.on_policy.rounds import PromptRecord, Reply
+from cookbook.rl.groups import GroupRecord, group_records
 from cookbook.rl.losses import group_advantages
 from cookbook.rl.train_rl import Config, main
 from cookbook.sampling import SamplingSettings, sample
@@ -157,6 +158,32 @@ def test_a_run_without_any_learning_signal_stops_with_one_message(tmp_path, tiny
     assert not (log_path / "final").exists()
 
 
+def test_cut_off_reward_takes_the_advantages_of_cut_off_replies_while_each_keeps_its_score():
+    def record(scores, stopped):
+        return PromptRecord("k", [], [1], [Reply([2], "x", score, stop) for score, stop in zip(scores, stopped)])
+
+    tied, mixed = record([1.0, 1.0, 1.0], [True, False, True]), record([0.0, 1.0, 1.0], [True, True, False])
+    plain, shaped = group_records([tied, mixed], "dr_grpo"), group_records([tied, mixed], "dr_grpo", 0.0)
+    assert not plain[0].kept and plain[1].advantages == pytest.approx([-2 / 3, 1 / 3, 1 / 3])
+    # With cut_off_reward=0 the tied group is [1, 0, 1] and the mixed one [0, 1, 0].
+    assert shaped[0].advantages == pytest.approx([1 / 3, -2 / 3, 1 / 3])
+    assert shaped[1].advantages == pytest.approx([-1 / 3, 2 / 3, -1 / 3])
+    assert [reply.reward for reply in shaped[0].replies + shaped[1].replies] == [1.0, 1.0, 1.0, 0.0, 1.0, 1.0]
+
+
+def test_cut_off_reward_reaches_the_rounds(tmp_path, tiny_model_dir, prompt_file, capsys):
+    """A random tiny model never stops in 10 tokens: with cut_off_reward every reply scores it,
+    so every group ties and the run stops for want of signal, where without it the run trains."""
+    sys.path.insert(0, str(HERE))
+    log_path = tmp_path / "run"
+    assert run_cli(main, args(log_path, tiny_model_dir, prompt_file, "max_empty_rounds=2", "cut_off_reward=7")) == 2
+    (error,) = error_lines(capsys.readouterr().err)
+    assert "every group's replies scored the same" in error
+    replies = [reply for record in read(log_path, 0).records for reply in record.replies]
+    assert not any(reply.stopped for reply in replies) and len({reply.reward for reply in replies}) > 1
+    assert json.loads((log_path / "config.json").read_text())["cut_off_reward"] == 7
+
+
 @pytest.mark.parametrize("reward, detail", [("nan_on_third_prompt", "gave nan"),
                                             ("raises_on_third_prompt", "KeyError: 'no answer key'")])
 def test_a_reward_that_fails_or_gives_nan_is_one_error_naming_the_prompt_and_the_reward(
@@ -271,6 +298,7 @@ def test_log_path_alone_is_the_quickstart():
     ("loss_aggregation=prompt", "loss_aggregation"),
     ("clip_low=1.0", "clip_low must be in"),
     ("kl_coef=-1", "kl_coef must be"),
+    ("cut_off_reward=nan", "cut_off_reward must be a finite number"),
     ("num_epochs=2", "updates_per_batch"),
 ])
 def test_bad_options_are_one_error(tmp_path, option, message, capsys):

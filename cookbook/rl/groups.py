@@ -44,7 +44,7 @@ from cookbook.on_policy.rounds import (
     sample_round,
     write_round,
 )
-from cookbook.rl.losses import AdvantageKind, group_advantages, zero_variance_groups
+from cookbook.rl.losses import AdvantageKind, group_advantages, shaped_rewards, zero_variance_groups
 from cookbook.training import checkpoint as ckpt
 from cookbook.training import distributed as dist_utils
 from cookbook.training.logprobs import LossTokens, pad_batch, padded_loss_tokens
@@ -90,9 +90,12 @@ def kept_replies(records: list[GroupRecord]) -> list[tuple[int, int]]:
     return [(g, r) for g, record in enumerate(records) if record.kept for r in range(len(record.replies))]
 
 
-def group_records(records, advantage: AdvantageKind) -> list[GroupRecord]:
-    """The sampled prompts (on-policy `PromptRecord`s) as groups with their advantages."""
-    rewards = torch.tensor([[reply.reward for reply in record.replies] for record in records], dtype=torch.float64)
+def group_records(records, advantage: AdvantageKind, cut_off_reward: float | None = None) -> list[GroupRecord]:
+    """The sampled prompts (on-policy `PromptRecord`s) as groups with their advantages (of the
+    rewards shaped by `cut_off_reward`; each reply keeps its own score)."""
+    scores = torch.tensor([[reply.reward for reply in record.replies] for record in records], dtype=torch.float64)
+    stopped = torch.tensor([[reply.stopped for reply in record.replies] for record in records], dtype=torch.bool)
+    rewards = shaped_rewards(scores, stopped, cut_off_reward)
     dropped = zero_variance_groups(rewards).tolist()
     advantages = group_advantages(rewards, advantage).tolist()
     return [GroupRecord(r.key, r.messages, r.prompt_tokens, r.replies, None if drop else values)
@@ -173,6 +176,7 @@ class GroupSettings:
     prompts_per_round: int
     max_empty_rounds: int
     pad_token_id: int
+    cut_off_reward: float | None = None
 
 
 class GroupStore:
@@ -270,7 +274,7 @@ class GroupStore:
     def _make(self, index: int) -> RoundData:
         run = self.run
         sampled, stats, sampling_metrics = sample_round(self, index, lockstep=self.lockstep)
-        data = RoundData(index, group_records(sampled, self.settings.advantage), config=run.config_dict())
+        data = RoundData(index, group_records(sampled, self.settings.advantage, self.settings.cut_off_reward), config=run.config_dict())
         started = time.perf_counter()
         replies = kept_replies(data.records)
         if replies:

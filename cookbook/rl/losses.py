@@ -3,6 +3,7 @@
 Shapes: G groups (prompts) of K replies each; N tokens of sampled replies across a micro-batch,
 each belonging to one of S replies (`sequence_index` [N] in [0, S)). Log-probs are float32.
 
+- `shaped_rewards`: the rewards advantages are taken from, a cut-off reply's replaced if asked;
 - `group_advantages`: reward minus the group's baseline, per reply;
 - `clipped_policy_gradient`: the PPO-style clipped surrogate per token, against the sampling
   policy's log-probs;
@@ -29,6 +30,16 @@ LossAggregation = Literal["token", "sequence"]
 
 
 LOSS_AGGREGATIONS = ("token", "sequence")
+
+
+def shaped_rewards(rewards: Tensor, stopped: Tensor, cut_off_reward: float | None) -> Tensor:
+    """Rewards [G, K] with every reply that did not stop (cut off at max_new_tokens; `stopped` [G, K]
+    bool) given `cut_off_reward` instead of its score, or unchanged with None. A cut-off reply
+    otherwise earns the score of its first max_new_tokens tokens, so the policy learns to run to the
+    cap (DAPO's overlong penalty, in its simplest form)."""
+    if cut_off_reward is None:
+        return rewards
+    return torch.where(stopped, rewards, torch.full_like(rewards, cut_off_reward))
 
 
 def zero_variance_groups(rewards: Tensor) -> Tensor:

@@ -85,6 +85,9 @@ class Config(SampledRoundsConfig):
     loss_aggregation: LossAggregation = chz.field(
         default="token", doc="token: mean over every trained token of the batch (DAPO); sequence: mean over each "
                              "reply's tokens, then over replies")
+    cut_off_reward: float | None = chz.field(
+        default=None, doc="Reward of a reply cut off at max_new_tokens, in place of its score (e.g. 0: DAPO's "
+                          "overlong penalty, so replies learn to finish); none: a cut-off reply keeps its score")
     clip_low: float = chz.field(default=0.2, doc="The ratio is clipped below at 1 - clip_low")
     clip_high: float = chz.field(default=0.2, doc="The ratio is clipped above at 1 + clip_high (DAPO raises it)")
     kl_coef: float = chz.field(default=0.0, doc="Weight of the k3 KL to the reference (the starting model; "
@@ -114,6 +117,8 @@ class Config(SampledRoundsConfig):
             raise ValueError(f"advantage={self.advantage!r} is not one of {', '.join(ADVANTAGE_KINDS)}")
         if self.loss_aggregation not in LOSS_AGGREGATIONS:
             raise ValueError(f"loss_aggregation={self.loss_aggregation!r} is not one of {', '.join(LOSS_AGGREGATIONS)}")
+        if self.cut_off_reward is not None and not math.isfinite(self.cut_off_reward):
+            raise ValueError(f"cut_off_reward must be a finite number, got {self.cut_off_reward}")
         if not 0 <= self.clip_low < 1:
             raise ValueError(f"clip_low must be in [0, 1), got {self.clip_low}")
         for name in ("clip_high", "kl_coef"):
@@ -144,7 +149,7 @@ def _train(config: Config, run: Run) -> Path | None:
     sampling = RoundSampling(SamplingSettings(config.max_new_tokens, config.temperature, config.top_p),
                              config.group_size, config.sampling_batch_size, 0.0, config.seed, logprobs=True)
     settings = GroupSettings(config.advantage, config.batch_size // config.group_size, config.max_empty_rounds,
-                             padding_token_id(tokenizer, stop_token_ids))
+                             padding_token_id(tokenizer, stop_token_ids), config.cut_off_reward)
     engine = sampling_engine(config, run, start_name, int(prompt_tokens.lengths().max()), causal_lm.config)
     sampling_scope = lambda: dist_utils.direct_forwards(policy, run.strategy)  # noqa: E731
     store = GroupStore(run, causal_lm, policy, prompts, prompt_tokens, renderer, scorer, sampling, settings,
