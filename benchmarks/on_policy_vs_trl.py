@@ -156,6 +156,22 @@ def ifeval_reward(prompts: list, completions: list, ifeval: list[str], **_: Any)
     return [strict_fraction(completion_text(c), json.loads(row)) for c, row in zip(completions, ifeval, strict=True)]
 
 
+def grpo_reward_function(cut_off_reward: float | None, stop_token_ids: set[int]):
+    """GRPO's reward function: `ifeval_reward`, with --cut-off-reward in place of the score of a reply
+    that did not end in a stop token (cut off at max_completion_length), as our `cut_off_reward=`
+    shapes it. TRL hands each reply's token ids up to and including its stop token."""
+    if cut_off_reward is None:
+        return ifeval_reward
+
+    def ifeval_reward_cut_off(prompts: list, completions: list, ifeval: list[str], completion_ids: list[list[int]],
+                              **_: Any) -> list[float]:
+        scores = ifeval_reward(prompts, completions, ifeval)
+        return [score if ids and ids[-1] in stop_token_ids else cut_off_reward
+                for score, ids in zip(scores, completion_ids, strict=True)]
+
+    return ifeval_reward_cut_off
+
+
 # ----------------------------------------------------------------------------------------------
 # Figures and the table (pure)
 
@@ -339,7 +355,8 @@ def ours_command(args, side: str = "ours_on_policy") -> list[str]:
         options = {"group_size": args.samples_per_prompt, "batch_size": args.rl_batch_size,
                    "micro_batch_size": args.rl_micro_batch_size, "advantage": args.advantage,
                    "loss_aggregation": args.loss_aggregation, "clip_low": args.clip_low, "clip_high": args.clip_high,
-                   "kl_coef": args.kl_coef, "updates_per_batch": args.updates_per_batch}
+                   "kl_coef": args.kl_coef, "updates_per_batch": args.updates_per_batch,
+                   "cut_off_reward": args.cut_off_reward}
         extra = args.rl_arg
     options = {**_shared_options(args, side), **options}
     argv = [f"{key}={value}" for key, value in options.items() if value is not None]
@@ -539,7 +556,9 @@ def trl_main(args) -> None:
 
     callback = CPUBudget()
     config_kwargs = config_options(args, str(out / "trainer"))
-    trainer = trainer_class(model=model, reward_funcs=ifeval_reward, args=config_class(**config_kwargs),
+    reward_function = (ifeval_reward if args.run_trl != "trl_grpo" else
+                       grpo_reward_function(args.cut_off_reward, {*renderer.get_stop_token_ids(), tokenizer.pad_token_id}))
+    trainer = trainer_class(model=model, reward_funcs=reward_function, args=config_class(**config_kwargs),
                             train_dataset=dataset, processing_class=tokenizer, callbacks=[callback])
     # The two settings this comparison depends on, as the trainer resolved them.
     if not generation_uses_cache(trainer) or trainer.accelerator.mixed_precision != "bf16":
@@ -696,6 +715,9 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--clip-high", type=float, default=0.2, help="RL sides: GRPO's epsilon_high")
     parser.add_argument("--kl-coef", type=float, default=0.0, help="RL sides: GRPO's beta (0: no reference model)")
     parser.add_argument("--updates-per-batch", type=int, default=1, help="RL sides: GRPO's num_iterations")
+    parser.add_argument("--cut-off-reward", type=float, default=None,
+                        help="RL sides: the reward of a reply cut off at --max-new-tokens (default: its score); "
+                             "GRPO's reward function gives it too")
     parser.add_argument("--rounds", type=int,
                         help="ours: sampling rounds (default 2; an RL round is one batch; with --cpu-budget-s, as "
                              "many as the budget allows)")
@@ -791,7 +813,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = {k: getattr(args, k) for k in ("sides", "num_prompts", "samples_per_prompt", "max_new_tokens",
                                               "temperature", "lr", "beta", "batch_size", "micro_batch_size",
                                               "rl_lr", "rl_temperature", "rl_batch_size", "rl_micro_batch_size", "advantage", "loss_aggregation",
-                                              "clip_low", "clip_high", "kl_coef", "updates_per_batch", "rounds",
+                                              "clip_low", "clip_high", "kl_coef", "updates_per_batch",
+                                              "cut_off_reward", "rounds",
                                               "steps_per_round", "cpu_budget_s", "eval_limit", "eval_max_tokens",
                                               "threads")}
     print()

@@ -44,6 +44,12 @@ def test_reward_is_the_strict_fraction_of_instructions_followed(bench):
                                   completion_ids=[[1], [2], [3]], trainer_state=object())
     assert rewards == [1.0, 0.5, 0.0]
     assert bench.completion_text("plain text") == "plain text"
+    assert bench.grpo_reward_function(None, {2}) is bench.ifeval_reward
+    # A reply whose ids do not end in a stop token was cut off: --cut-off-reward replaces its score.
+    shaped = bench.grpo_reward_function(-0.5, {2})(prompts=[[{"role": "user", "content": ROW["prompt"]}]] * 3,
+                                                    completions=completions, ifeval=[json.dumps(ROW)] * 3,
+                                                    completion_ids=[[5, 2], [5, 6], [2]], trainer_state=None)
+    assert shaped == [rewards[0], -0.5, rewards[2]]
 
 
 def test_reward_refuses_misaligned_columns(bench):
@@ -172,11 +178,11 @@ def test_our_rl_command_and_grpos_config_share_the_settings(bench, tmp_path):
     args = bench.parse_args(["--out", str(tmp_path), "--samples-per-prompt", "8", "--rl-batch-size", "32",
                              "--rl-micro-batch-size", "4", "--advantage", "dr_grpo", "--loss-aggregation", "sequence",
                              "--clip-high", "0.28", "--kl-coef", "0.01", "--updates-per-batch", "2", "--rl-lr", "1e-5",
-                             "--rl-temperature", "0.9", "--rl-arg", "top_p=0.9"])
+                             "--rl-temperature", "0.9", "--cut-off-reward", "0", "--rl-arg", "top_p=0.9"])
     command = bench.ours_command(args, "ours_rl")
     assert command[1:3] == ["-m", "cookbook.recipes.rl.train"]
     assert {"group_size=8", "batch_size=32", "micro_batch_size=4", "advantage=dr_grpo", "loss_aggregation=sequence",
-            "clip_low=0.2", "clip_high=0.28", "kl_coef=0.01", "updates_per_batch=2", "learning_rate=1e-05",
+            "clip_low=0.2", "clip_high=0.28", "kl_coef=0.01", "updates_per_batch=2", "cut_off_reward=0.0", "learning_rate=1e-05",
             "temperature=0.9", "max_new_tokens=256", "sampler=native", "reward=ifeval", "prompts=ifeval_synthetic",
             f"log_path={tmp_path / 'ours_rl'}"} <= set(command)
     assert not any(option.split("=")[0] in ("dpo_beta", "samples_per_prompt", "eval_ifeval") for option in command)

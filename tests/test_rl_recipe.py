@@ -21,9 +21,8 @@ from cookbook.cli import run_cli
 from cookbook.models import DEFAULT_MODEL
 from cookbook.on_policy.ifeval_synthetic import IFEvalSyntheticPrompts
 from cookbook.on_policy.rewards import IFEvalReward
-from cookbook.on_policy.rounds import read_round
+from cookbook.on_policy.rounds import PromptRecord, Reply, read_round
 from cookbook.recipes.rl.train import cli
-from cookbook.on_policy.rounds import PromptRecord, Reply
 from cookbook.rl.groups import GroupRecord, group_records
 from cookbook.rl.losses import group_advantages
 from cookbook.rl.train_rl import Config, main
