@@ -715,9 +715,9 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--clip-high", type=float, default=0.2, help="RL sides: GRPO's epsilon_high")
     parser.add_argument("--kl-coef", type=float, default=0.0, help="RL sides: GRPO's beta (0: no reference model)")
     parser.add_argument("--updates-per-batch", type=int, default=1, help="RL sides: GRPO's num_iterations")
-    parser.add_argument("--cut-off-reward", type=float, default=None,
-                        help="RL sides: the reward of a reply cut off at --max-new-tokens (default: its score); "
-                             "GRPO's reward function gives it too")
+    parser.add_argument("--cut-off-reward", type=lambda s: None if s == "none" else float(s), default=0.0,
+                        help="RL sides: the reward of a reply cut off at --max-new-tokens (default 0, the RL recipe's; "
+                             "none: its score); GRPO's reward function gives it too")
     parser.add_argument("--rounds", type=int,
                         help="ours: sampling rounds (default 2; an RL round is one batch; with --cpu-budget-s, as "
                              "many as the budget allows)")

@@ -69,7 +69,8 @@ def prompt_file(tmp_path):
 
 
 def args(log_path, model_dir, prompt_file, *extra):
-    return [f"log_path={log_path}", f"model_name={model_dir}", f"prompts={prompt_file}",
+    # A random tiny model never stops within max_new_tokens: its replies keep their scores.
+    return [f"log_path={log_path}", f"model_name={model_dir}", f"prompts={prompt_file}", "cut_off_reward=None",
             "reward=test_rl_recipe:reply_length_reward", "rounds=2", "batch_size=12", "group_size=3",
             "updates_per_batch=2", "micro_batch_size=4", "max_new_tokens=10", "max_length=96", "show_example=false",
             "learning_rate=1e-3", "display=plain", "sampler=native", *extra]
@@ -171,16 +172,17 @@ def test_cut_off_reward_takes_the_advantages_of_cut_off_replies_while_each_keeps
 
 
 def test_cut_off_reward_reaches_the_rounds(tmp_path, tiny_model_dir, prompt_file, capsys):
-    """A random tiny model never stops in 10 tokens: with cut_off_reward every reply scores it,
-    so every group ties and the run stops for want of signal, where without it the run trains."""
+    """A random tiny model never stops in 10 tokens: with the default cut_off_reward (0) every reply
+    scores 0, so every group ties and the run stops for want of signal, where with None it trains."""
     sys.path.insert(0, str(HERE))
     log_path = tmp_path / "run"
-    assert run_cli(main, args(log_path, tiny_model_dir, prompt_file, "max_empty_rounds=2", "cut_off_reward=7")) == 2
+    argv = [a for a in args(log_path, tiny_model_dir, prompt_file, "max_empty_rounds=2") if a != "cut_off_reward=None"]
+    assert run_cli(main, argv) == 2
     (error,) = error_lines(capsys.readouterr().err)
     assert "every group's replies scored the same" in error
     replies = [reply for record in read(log_path, 0).records for reply in record.replies]
     assert not any(reply.stopped for reply in replies) and len({reply.reward for reply in replies}) > 1
-    assert json.loads((log_path / "config.json").read_text())["cut_off_reward"] == 7
+    assert json.loads((log_path / "config.json").read_text())["cut_off_reward"] == 0
 
 
 @pytest.mark.parametrize("reward, detail", [("nan_on_third_prompt", "gave nan"),
@@ -287,6 +289,7 @@ def test_log_path_alone_is_the_quickstart():
     config = chz.Blueprint(Config).make_from_argv(["log_path=/tmp/rl-quickstart"])
     assert isinstance(config.prompts, IFEvalSyntheticPrompts) and isinstance(config.reward, IFEvalReward)
     assert config.model_name == DEFAULT_MODEL and config.save_every == config.updates_per_batch
+    assert config.cut_off_reward == 0
     config.reward.check_prompts(config.prompts())  # the bundled prompts carry what reward=ifeval checks
 
 

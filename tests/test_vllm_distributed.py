@@ -53,7 +53,7 @@ RECORD = {"on_policy": PromptRecord, "rl": GroupRecord}
 def args(recipe, log_path, model_dir, prompt_file, *extra):
     # A learning rate high enough that round 1's replies differ from the start model's.
     shape = (["prompts_per_round=4", "samples_per_prompt=2", "steps_per_round=1", "batch_size=4"]
-             if recipe == "on_policy" else ["batch_size=12", "group_size=3"])
+             if recipe == "on_policy" else ["batch_size=12", "group_size=3", "cut_off_reward=None"])
     return [f"log_path={log_path}", f"model_name={model_dir}", f"prompts={prompt_file}",
             "reward=test_vllm_distributed:reply_length_reward", "rounds=2", *shape, "micro_batch_size=2",
             "max_new_tokens=12", "max_length=128", "learning_rate=1e-2", "precision=fp32", "eval_ifeval=false",

@@ -86,8 +86,9 @@ class Config(SampledRoundsConfig):
         default="token", doc="token: mean over every trained token of the batch (DAPO); sequence: mean over each "
                              "reply's tokens, then over replies")
     cut_off_reward: float | None = chz.field(
-        default=None, doc="Reward of a reply cut off at max_new_tokens, in place of its score (e.g. 0: DAPO's "
-                          "overlong penalty, so replies learn to finish); none: a cut-off reply keeps its score")
+        default=0.0, doc="Reward of a reply cut off at max_new_tokens, in place of its score, for its advantage "
+                         "(DAPO's overlong penalty: replies learn to finish; 0 chosen on the dev prompts); None: a "
+                         "cut-off reply keeps its score")
     clip_low: float = chz.field(default=0.2, doc="The ratio is clipped below at 1 - clip_low")
     clip_high: float = chz.field(default=0.2, doc="The ratio is clipped above at 1 + clip_high (DAPO raises it)")
     kl_coef: float = chz.field(default=0.0, doc="Weight of the k3 KL to the reference (the starting model; "
