@@ -556,8 +556,9 @@ def trl_main(args) -> None:
 
     callback = CPUBudget()
     config_kwargs = config_options(args, str(out / "trainer"))
-    reward_function = (ifeval_reward if args.run_trl != "trl_grpo" else
-                       grpo_reward_function(args.cut_off_reward, {*renderer.get_stop_token_ids(), tokenizer.pad_token_id}))
+    stop_token_ids = {*renderer.get_stop_token_ids(), tokenizer.pad_token_id}
+    reward_function = (grpo_reward_function(args.cut_off_reward, stop_token_ids) if args.run_trl == "trl_grpo"
+                       else ifeval_reward)
     trainer = trainer_class(model=model, reward_funcs=reward_function, args=config_class(**config_kwargs),
                             train_dataset=dataset, processing_class=tokenizer, callbacks=[callback])
     # The two settings this comparison depends on, as the trainer resolved them.
@@ -812,7 +813,8 @@ def main(argv: list[str] | None = None) -> None:
 
     settings = {k: getattr(args, k) for k in ("sides", "num_prompts", "samples_per_prompt", "max_new_tokens",
                                               "temperature", "lr", "beta", "batch_size", "micro_batch_size",
-                                              "rl_lr", "rl_temperature", "rl_batch_size", "rl_micro_batch_size", "advantage", "loss_aggregation",
+                                              "rl_lr", "rl_temperature", "rl_batch_size", "rl_micro_batch_size",
+                                              "advantage", "loss_aggregation",
                                               "clip_low", "clip_high", "kl_coef", "updates_per_batch",
                                               "cut_off_reward", "rounds",
                                               "steps_per_round", "cpu_budget_s", "eval_limit", "eval_max_tokens",

@@ -274,7 +274,8 @@ class GroupStore:
     def _make(self, index: int) -> RoundData:
         run = self.run
         sampled, stats, sampling_metrics = sample_round(self, index, lockstep=self.lockstep)
-        data = RoundData(index, group_records(sampled, self.settings.advantage, self.settings.cut_off_reward), config=run.config_dict())
+        records = group_records(sampled, self.settings.advantage, self.settings.cut_off_reward)
+        data = RoundData(index, records, config=run.config_dict())
         started = time.perf_counter()
         replies = kept_replies(data.records)
         if replies:
