@@ -356,7 +356,8 @@ def ours_command(args, side: str = "ours_on_policy") -> list[str]:
                    "micro_batch_size": args.rl_micro_batch_size, "advantage": args.advantage,
                    "loss_aggregation": args.loss_aggregation, "clip_low": args.clip_low, "clip_high": args.clip_high,
                    "kl_coef": args.kl_coef, "updates_per_batch": args.updates_per_batch,
-                   "cut_off_reward": args.cut_off_reward}
+                   # "None" spelled out: a missing option would be the recipe's default (0).
+                   "cut_off_reward": "None" if args.cut_off_reward is None else args.cut_off_reward}
         extra = args.rl_arg
     options = {**_shared_options(args, side), **options}
     argv = [f"{key}={value}" for key, value in options.items() if value is not None]

@@ -187,6 +187,8 @@ def test_our_rl_command_and_grpos_config_share_the_settings(bench, tmp_path):
             f"log_path={tmp_path / 'ours_rl'}"} <= set(command)
     assert not any(option.split("=")[0] in ("dpo_beta", "samples_per_prompt", "eval_ifeval") for option in command)
     assert command[-1] == "top_p=0.9"
+    kept_scores = bench.parse_args(["--out", str(tmp_path), "--cut-off-reward", "none"])
+    assert "cut_off_reward=None" in bench.ours_command(kept_scores, "ours_rl")
     config = bench.grpo_config_kwargs(args, "unused")
     assert {key: config[key] for key in ("num_generations", "per_device_train_batch_size", "gradient_accumulation_steps",
                                          "scale_rewards", "loss_type", "epsilon", "epsilon_high", "beta",
