@@ -176,7 +176,7 @@ class GroupSettings:
     prompts_per_round: int
     max_empty_rounds: int
     pad_token_id: int
-    cut_off_reward: float | None = None
+    cut_off_reward: float | None
 
 
 class GroupStore:
