@@ -172,7 +172,7 @@ def _resolve_hub_id(model_id: str, option: str = "model_name") -> str:
             f"{option}={model_id!r}: reading the local Hugging Face cache failed ({type(error).__name__}: {error}); "
             "fix or remove that cache entry (HF_HUB_CACHE, default ~/.cache/huggingface/hub)"
         ) from None
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or not hub_reachable():
+    if hub_offline() or not hub_reachable():
         bundled = f", or use the bundled model_name={DEFAULT_MODEL}" if option == "model_name" else ""
         raise ModelNotFoundError(
             f"Model {model_id!r} is not in the local Hugging Face cache and the hub cannot be reached. "
@@ -180,6 +180,13 @@ def _resolve_hub_id(model_id: str, option: str = "model_name") -> str:
             f"copy DIR here and pass {option}=DIR{bundled}."
         )
     return snapshot_download(model_id)
+
+
+def hub_offline(for_datasets: bool = False) -> bool:
+    """Whether `HF_HUB_OFFLINE` (or, `for_datasets`, also `HF_DATASETS_OFFLINE`) is set, read as
+    huggingface_hub and datasets read them, so that we never try the hub where they would not."""
+    names = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if for_datasets else ("HF_HUB_OFFLINE",)
+    return any(os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE") for name in names)
 
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:

@@ -30,6 +30,20 @@ def test_hub_id_offline_fails_fast_with_advice(monkeypatch, network_attempts):
     assert network_attempts == []
 
 
+@pytest.mark.parametrize(("value", "offline"), [("1", True), ("TRUE", True), ("yes", True), ("on", True),
+                                               ("0", False), ("false", False), ("no", False), ("", False),
+                                               (" 1", False)])
+def test_offline_variables_are_read_as_huggingface_hub_reads_them(monkeypatch, value, offline):
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    assert models.hub_offline() is offline
+    assert models.hub_offline(for_datasets=True) is offline
+    # HF_DATASETS_OFFLINE keeps `datasets` off the hub, not model downloads.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", value)
+    assert models.hub_offline() is False and models.hub_offline(for_datasets=True) is offline
+
+
 def test_hub_id_with_unreachable_hub_fails_fast(monkeypatch, network_attempts):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
@@ -52,20 +51,12 @@ from cookbook.datasets.supervised import (
     conversation_from_messages,
 )
 from cookbook.errors import UserError
-from cookbook.models import hub_reachable
+from cookbook.models import hub_offline, hub_reachable
 from cookbook.renderers.base import Message
-
-OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
 class DatasetUnavailableError(UserError, RuntimeError):
     """A hub data set that is neither cached locally nor reachable."""
-
-
-def hub_offline() -> bool:
-    return any(
-        os.environ.get(name, "0").lower() not in ("0", "", "false", "no") for name in OFFLINE_VARIABLES
-    )
 
 
 @chz.chz
@@ -126,7 +117,7 @@ class HubDatasetBuilder(HubRows, DPODatasetBuilder):
 
 def load_hub_split(hub_id: str, config: str | None, split: str, option_hint: str) -> Iterable[dict]:
     """One split of a hub data set as dict rows; fails fast with advice when the hub is out of reach."""
-    offline = hub_offline()
+    offline = hub_offline(for_datasets=True)
     if not offline and not hub_reachable():
         raise DatasetUnavailableError(_unavailable_message(hub_id, "the hub cannot be reached", option_hint))
     import datasets

@@ -44,7 +44,7 @@ from inspect_ai.scorer import Metric, SampleScore, Score, Scorer, Target, metric
 from inspect_ai.solver import TaskState, generate
 
 from cookbook.datasets.files import read_rows
-from cookbook.models import cache_dir
+from cookbook.models import cache_dir, hub_offline, hub_reachable
 from cookbook.sampling import SamplingSettings, padding_token_id, sample
 from cookbook.training import distributed as dist_utils
 
@@ -147,10 +147,7 @@ def read_jsonl(path: Path, known_ids: set[str]) -> list[dict[str, Any]]:
 
 
 def _hub_usable() -> bool:
-    from cookbook.datasets.hub import hub_offline
-    from cookbook.models import hub_reachable
-
-    return not hub_offline() and hub_reachable()
+    return not hub_offline(for_datasets=True) and hub_reachable()
 
 
 def load_ifeval_rows(source: IFEvalSource = "auto", data_file: str | None = None,

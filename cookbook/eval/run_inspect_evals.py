@@ -30,7 +30,7 @@ import chz
 
 from cookbook.cli import run_cli
 from cookbook.errors import InvalidOptionError, UserError
-from cookbook.models import DEFAULT_MODEL
+from cookbook.models import DEFAULT_MODEL, hub_offline
 from cookbook.sampling.vllm_engine import SamplerName
 
 InferenceDType = Literal["auto", "float32", "bfloat16", "float16"]
@@ -161,8 +161,7 @@ def _explain_failure(result) -> str:
     if result.error:
         first_line = result.error.strip().splitlines()[-1] if result.error.strip() else ""
         message += f": {first_line}"
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-        if offline and any(w in result.error for w in ("offline", "Offline", "hub", "Connection", "resolve")):
+        if hub_offline(for_datasets=True) and any(w in result.error for w in ("offline", "Offline", "hub", "Connection", "resolve")):
             message += ("\n  This task downloads from the Hugging Face hub, which is unreachable here "
                         "(HF_HUB_OFFLINE is set); the bundled tasks cookbook/ifeval and cookbook/preference run offline.")
     if result.log_file:

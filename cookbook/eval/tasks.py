@@ -22,6 +22,7 @@ from inspect_ai import Task
 from cookbook.errors import UserError
 from cookbook.eval.ifeval import ifeval
 from cookbook.eval.preference import preference
+from cookbook.models import hub_offline
 
 BUNDLED_TASKS: dict[str, Callable[..., Task]] = {
     "cookbook/ifeval": ifeval,
@@ -93,10 +94,8 @@ def ifeval_choice(package_version: str | None, has_ifeval_extra: bool, hub_offli
 def canonical_task_name(name: str) -> str:
     """Our name for `name`, printing a note when `inspect_evals/ifeval` is decided."""
     if name == INSPECT_EVALS_IFEVAL:
-        from cookbook.datasets.hub import hub_offline
-
         has_extra = importlib.util.find_spec("instruction_following_eval") is not None
-        target, note = ifeval_choice(inspect_evals_version(), has_extra, hub_offline())
+        target, note = ifeval_choice(inspect_evals_version(), has_extra, hub_offline(for_datasets=True))
         print(note)
         return target
     return ALIASES.get(name, name)
