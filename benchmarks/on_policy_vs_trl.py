@@ -28,9 +28,8 @@ Why it is built this way:
   same reward (the strict fraction of a reply's IFEval instructions followed,
   `cookbook.eval.ifeval.score_response`; TRL gets it as a reward function), the same starting model
   (the bundled SmolLM2-135M-Instruct, by the directory of its dequantized weights), max_new_tokens
-  and replies per prompt (`--samples-per-prompt`: the RL
-  recipe's group_size, GRPO's num_generations; TRL's OnlineDPOTrainer always samples 2). The DPO
-  sides share a learning rate and temperature (--lr, --temperature), beta and pairs per optimizer
+  and replies per prompt (`--samples-per-prompt`: the RL recipe's group_size, GRPO's
+  num_generations; TRL's OnlineDPOTrainer always samples 2). The DPO sides share a learning rate and temperature (--lr, --temperature), beta and pairs per optimizer
   step; the RL sides share theirs (--rl-lr, --rl-temperature), replies per step and per forward,
   the advantage (`grpo`/`dr_grpo`: GRPO's `scale_rewards=group`/`none`), the loss aggregation
   (`token`/`sequence`: GRPO's `loss_type=dapo`/`grpo`), the clip range (GRPO's `epsilon`,
@@ -324,24 +323,20 @@ def _tail(path: Path, lines: int = 8) -> str:
 # Ours: the recipes, through their CLIs
 
 
-def side_lr(args, side: str) -> float:
-    """The learning rate of a side: --rl-lr on the RL sides, --lr on the DPO sides."""
-    return args.rl_lr if side in RL_SIDES else args.lr
-
-
-def side_temperature(args, side: str) -> float:
-    """The sampling temperature of a side: --rl-temperature on the RL sides, --temperature on the DPO sides."""
-    return args.rl_temperature if side in RL_SIDES else args.temperature
+def side_lr_and_temperature(args, side: str) -> tuple[float, float]:
+    """A side's learning rate and sampling temperature: --rl-lr and --rl-temperature on the RL sides,
+    --lr and --temperature on the DPO sides."""
+    return (args.rl_lr, args.rl_temperature) if side in RL_SIDES else (args.lr, args.temperature)
 
 
 def _shared_options(args, side: str) -> dict[str, Any]:
     """What both of our recipes take alike. The native sampler on both: it samples in the training
     process, as TRL's generate does, where a vLLM engine's worker processes would escape this
     process's CPU-seconds and peak RSS."""
+    learning_rate, temperature = side_lr_and_temperature(args, side)
     return {"log_path": args.out / side, "prompts": "ifeval_synthetic", "prompts.num_prompts": args.num_prompts,
             "prompts.seed": args.prompt_seed, "reward": "ifeval", "rounds": args.rounds, "lr_schedule": "constant",
-            "learning_rate": side_lr(args, side), "max_new_tokens": args.max_new_tokens,
-            "temperature": side_temperature(args, side),
+            "learning_rate": learning_rate, "max_new_tokens": args.max_new_tokens, "temperature": temperature,
             "sampler": "native", "seed": args.seed, "behavior_if_log_dir_exists": "delete"}
 
 
@@ -423,15 +418,16 @@ def _accumulation(batch_size: int, micro_batch_size: int, batch_option: str) -> 
 
 def _trainer_kwargs(args, side: str, output_dir: str) -> dict[str, Any]:
     """The options both TRL configs share: the schedule, sampling and TRL's best CPU configuration."""
+    learning_rate, temperature = side_lr_and_temperature(args, side)
     return dict(
         output_dir=output_dir,
         max_steps=args.trl_max_steps or 1_000_000,  # the CPU budget ends the run
-        learning_rate=side_lr(args, side),
+        learning_rate=learning_rate,
         lr_scheduler_type="constant",
         warmup_steps=0,
         weight_decay=0.0,
         max_grad_norm=1.0,
-        temperature=side_temperature(args, side),
+        temperature=temperature,
         top_k=0,
         top_p=1.0,
         gradient_checkpointing=False,  # True (TRL's default) also turns generation's KV cache off
@@ -815,10 +811,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = {k: getattr(args, k) for k in ("sides", "num_prompts", "samples_per_prompt", "max_new_tokens",
                                               "temperature", "lr", "beta", "batch_size", "micro_batch_size",
                                               "rl_lr", "rl_temperature", "rl_batch_size", "rl_micro_batch_size",
-                                              "advantage", "loss_aggregation",
-                                              "clip_low", "clip_high", "kl_coef", "updates_per_batch",
-                                              "cut_off_reward", "rounds",
-                                              "steps_per_round", "cpu_budget_s", "eval_limit", "eval_max_tokens",
+                                              "advantage", "loss_aggregation", "clip_low", "clip_high", "kl_coef",
+                                              "updates_per_batch", "cut_off_reward", "rounds", "steps_per_round", "cpu_budget_s", "eval_limit", "eval_max_tokens",
                                               "threads")}
     print()
     print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))

@@ -13,7 +13,8 @@ seconds and peak RSS its own (`os.wait4`, via `quickstarts.run_one`), so `--jobs
 once. Its final checkpoint is then scored beside the starting model by `run_inspect_evals
 compare_model_path=... ifeval_split=dev` (greedy; the paired-bootstrap 95% interval of the gain in
 prompt-level strict accuracy). The variant with the highest dev gain is evaluated once more, on the
-test half, which no choice saw; that is the figure to quote. Ties on dev keep the earlier variant (the defaults come first).
+test half, which no choice saw; that is the figure to quote. Ties on dev keep the earlier variant
+(the defaults come first).
 
 The record goes to benchmarks/results/tune_<recipe>.json (`--json-out`); a run or eval that fails
 fails the invocation (exit 1, after writing what it has).

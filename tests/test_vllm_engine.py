@@ -218,8 +218,8 @@ def test_rl_with_vllm_logs_the_sampler_trainer_log_prob_gap(engine, tmp_path, mo
     log_path = tmp_path / "rl"
     rl_cli([f"log_path={log_path}", f"prompts={prompt_file}", "reward=test_vllm_engine:reply_length_reward",
             "rounds=2", "batch_size=6", "group_size=3", "micro_batch_size=3", "max_new_tokens=16", "max_length=1024",
-            "cut_off_reward=None", "temperature=1.0", "precision=fp32", "lora_rank=4", "learning_rate=1e-2", "show_example=false",
-            "display=plain", "sampler=vllm", "vllm_compile=false", "vllm_kv_cache_gib=0.5"])
+            "cut_off_reward=None", "temperature=1.0", "precision=fp32", "lora_rank=4", "learning_rate=1e-2",
+            "show_example=false", "display=plain", "sampler=vllm", "vllm_compile=false", "vllm_kv_cache_gib=0.5"])
     assert "Sampler: vllm" in capsys.readouterr().out
     for index in (0, 1):
         summary = read_round(log_path, index, GroupRecord).summary

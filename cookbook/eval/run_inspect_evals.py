@@ -161,7 +161,8 @@ def _explain_failure(result) -> str:
     if result.error:
         first_line = result.error.strip().splitlines()[-1] if result.error.strip() else ""
         message += f": {first_line}"
-        if hub_offline(for_datasets=True) and any(w in result.error for w in ("offline", "Offline", "hub", "Connection", "resolve")):
+        hub_words = ("offline", "Offline", "hub", "Connection", "resolve")
+        if hub_offline(for_datasets=True) and any(word in result.error for word in hub_words):
             message += ("\n  This task downloads from the Hugging Face hub, which is unreachable here "
                         "(HF_HUB_OFFLINE is set); the bundled tasks cookbook/ifeval and cookbook/preference run offline.")
     if result.log_file:
